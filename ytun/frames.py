@@ -1,0 +1,30 @@
+"""The yamux frame codec and flow-control windows: the compiled module, or its twin.
+
+``YTUN_NO_EXTENSIONS=1`` (or a non-CPython interpreter) selects the pure-Python twin.
+Otherwise the compiled module must be importable: a broken build fails loudly here
+instead of quietly running ten times slower.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+NO_EXTENSIONS = bool(os.environ.get("YTUN_NO_EXTENSIONS")) or (
+    platform.python_implementation() != "CPython"
+)
+
+if NO_EXTENSIONS:
+    from . import _frames_py as implementation
+else:
+    from . import _frames as implementation  # type: ignore[no-redef]
+
+DEFAULT_MAX_PAYLOAD = implementation.DEFAULT_MAX_PAYLOAD
+FlowWindow = implementation.FlowWindow
+FrameParser = implementation.FrameParser
+decode_header = implementation.decode_header
+encode_frame = implementation.encode_frame
+encode_header = implementation.encode_header
+
+__all__ = ["DEFAULT_MAX_PAYLOAD", "NO_EXTENSIONS", "FlowWindow", "FrameParser",
+           "decode_header", "encode_frame", "encode_header", "implementation"]
