@@ -260,7 +260,13 @@ class Session(asyncio.Protocol):
             waiter = self._loop.create_future()
             self._unacked_waiters.append(waiter)
             await waiter
+        return self.open_stream_nowait(protocol_factory)
+
+    def open_stream_nowait(self, protocol_factory: ProtocolFactory) -> tuple[Stream, Any]:
+        """:meth:`open_stream` without waiting: raises StreamLimitError instead."""
         self._check_open()
+        if self._unacked >= self.config.max_unacked_streams:
+            raise StreamLimitError(f"{self._unacked} streams are not yet acknowledged")
         if len(self._streams) >= self.config.max_streams:
             raise StreamLimitError(f"session holds its maximum of {self.config.max_streams} "
                                    "streams")

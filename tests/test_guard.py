@@ -1,0 +1,50 @@
+"""The build is what it claims: the compiled codec is loaded unless asked otherwise, and
+both implementations and the stub expose the same API."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import pathlib
+
+import pytest
+
+import ytun
+from ytun import _frames_py, frames
+
+STUB = pathlib.Path(ytun.__file__).with_name("_frames.pyi")
+
+
+def test_compiled_module_is_loaded_unless_disabled():
+    if os.environ.get("YTUN_NO_EXTENSIONS"):
+        assert frames.implementation is _frames_py
+        return
+    compiled = importlib.import_module("ytun._frames")
+    assert frames.implementation is compiled
+    assert pathlib.Path(compiled.__file__).suffix in (".so", ".pyd")
+    assert frames.FrameParser is compiled.FrameParser
+
+
+def _public(module) -> set[str]:
+    return set(module.__all__)
+
+
+def test_twins_expose_the_same_names():
+    if frames.NO_EXTENSIONS:
+        pytest.skip("the compiled module is disabled in this run")
+    compiled = importlib.import_module("ytun._frames")
+    assert _public(compiled) == _public(_frames_py)
+    for name in ("FrameParser", "FlowWindow"):
+        methods_c = {m for m in dir(getattr(compiled, name)) if not m.startswith("_")}
+        methods_py = {m for m in dir(getattr(_frames_py, name)) if not m.startswith("_")}
+        assert methods_c == methods_py, name
+
+
+def test_stub_declares_every_public_name():
+    tree = ast.parse(STUB.read_text())
+    declared = {node.name for node in tree.body
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    declared |= {node.target.id for node in tree.body
+                 if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
+    assert _public(_frames_py) <= declared

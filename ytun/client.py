@@ -1,0 +1,476 @@
+"""The tunnel client: dials the server, upgrades with CONNECT, runs the yamux client role,
+and joins every stream the server asks for to a local service."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import logging
+import random
+import ssl as ssl_module
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from . import proto
+from .errors import SessionClosedError, StreamLimitError, YtunError
+from .http import find_head_end
+from .registry import split_host_port
+from .splice import Pipe, PipeEnd
+from .yamux import Config, Session
+
+logger = logging.getLogger("ytun.client")
+
+#: What the client answers on an HTTP stream when its local service is down.
+NO_LOCAL_SERVER = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 15\r\n\r\nno local server"
+
+StringSource = Callable[[], "str | Awaitable[str]"]
+AddressSource = Callable[[int], "str | Awaitable[str]"]
+
+
+class ClientState(enum.IntEnum):
+    UNKNOWN = 0
+    STARTED = 1
+    CONNECTING = 2
+    CONNECTED = 3
+    DISCONNECTED = 4
+    CLOSED = 5
+
+
+@dataclass(frozen=True)
+class ClientStateChange:
+    previous: ClientState
+    current: ClientState
+    error: BaseException | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.previous.name.title()}->{self.current.name.title()}"
+        return f"{text} ({self.error})" if self.error else text
+
+
+class TunnelError(YtunError):
+    """The server refused the tunnel or the handshake failed."""
+
+
+class RedialAbortedError(TunnelError):
+    """The backoff policy gave up reconnecting."""
+
+
+class Backoff(Protocol):
+    def next_delay(self) -> float | None:
+        """Seconds to wait before the next attempt; None to give up."""
+
+    def reset(self) -> None: ...
+
+
+class ExponentialBackoff:
+    """koding/tunnel's default: 0.5 s, ×1.5 per attempt, at most 60 s, ±50 % jitter."""
+
+    def __init__(self, initial: float = 0.5, multiplier: float = 1.5, maximum: float = 60.0,
+                 jitter: float = 0.5, max_attempts: int | None = None) -> None:
+        self.initial, self.multiplier, self.maximum = initial, multiplier, maximum
+        self.jitter, self.max_attempts = jitter, max_attempts
+        self.reset()
+
+    def reset(self) -> None:
+        self._interval = self.initial
+        self._attempts = 0
+
+    def next_delay(self) -> float | None:
+        self._attempts += 1
+        if self.max_attempts is not None and self._attempts > self.max_attempts:
+            return None
+        delay = self._interval * (1 + self.jitter * (2 * random.random() - 1))
+        self._interval = min(self._interval * self.multiplier, self.maximum)
+        return delay
+
+
+async def _resolve(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _parse_addr(address: str, default_port: int = 80) -> tuple[str, int]:
+    host, port = split_host_port(address)
+    return host, port or default_port
+
+
+class Client:
+    """Keeps one tunnel to the server alive and serves its streams from local services.
+
+    ``server_addr``/``identifier`` may be replaced by ``fetch_server_addr``/
+    ``fetch_identifier`` callables (sync or async), asked on every connection attempt.
+    HTTP and WebSocket streams go to ``local_addr``, or to ``127.0.0.1:<port of the public
+    Host>`` (port 0 means 80). TCP streams go to ``tcp_local[port]``, else
+    ``fetch_local_addr(port)``, else ``127.0.0.1:<port>``.
+    """
+
+    def __init__(self, server_addr: str | None = None, identifier: str | None = None, *,
+                 fetch_server_addr: StringSource | None = None,
+                 fetch_identifier: StringSource | None = None,
+                 local_addr: str | None = None,
+                 tcp_local: dict[int, str] | None = None,
+                 fetch_local_addr: AddressSource | None = None,
+                 ssl: ssl_module.SSLContext | None = None,
+                 backoff: Backoff | None = None,
+                 yamux_config: Config | None = None,
+                 on_state_change: Callable[[ClientStateChange], None] | None = None,
+                 dial_timeout: float = proto.CONTROL_TIMEOUT) -> None:
+        if server_addr is None and fetch_server_addr is None:
+            raise ValueError("neither server_addr nor fetch_server_addr is set")
+        if identifier is None and fetch_identifier is None:
+            raise ValueError("neither identifier nor fetch_identifier is set")
+        self._fetch_server_addr = fetch_server_addr or (lambda: server_addr)
+        self._fetch_identifier = fetch_identifier or (lambda: identifier)
+        self.local_addr = local_addr
+        self.tcp_local = dict(tcp_local or {})
+        self.fetch_local_addr = fetch_local_addr
+        self.ssl = ssl
+        self.backoff: Backoff = backoff or ExponentialBackoff()
+        self.yamux_config = yamux_config
+        self.dial_timeout = dial_timeout
+        self._listeners: list[Callable[[ClientStateChange], None]] = []
+        if on_state_change is not None:
+            self._listeners.append(on_state_change)
+        self._queues: list[asyncio.Queue[ClientStateChange]] = []
+        self.state = ClientState.UNKNOWN
+        self._session: Session | None = None
+        self._closing = False
+        self._connected: asyncio.Event | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._http_streams = 0
+        self._idle: asyncio.Event | None = None
+
+    # -- state ---------------------------------------------------------------------------
+
+    def add_state_listener(self, callback: Callable[[ClientStateChange], None]) -> None:
+        self._listeners.append(callback)
+
+    async def state_changes(self) -> AsyncIterator[ClientStateChange]:
+        """Every state change from now on, until the client is closed."""
+        queue: asyncio.Queue[ClientStateChange] = asyncio.Queue()
+        self._queues.append(queue)
+        try:
+            while True:
+                change = await queue.get()
+                yield change
+                if change.current is ClientState.CLOSED:
+                    return
+        finally:
+            self._queues.remove(queue)
+
+    def _set_state(self, state: ClientState, error: BaseException | None = None) -> None:
+        change = ClientStateChange(self.state, state, error)
+        self.state = state
+        logger.debug("client state %s", change)
+        for callback in list(self._listeners):
+            try:
+                callback(change)
+            except Exception:
+                logger.exception("client state listener failed")
+        for queue in self._queues:
+            queue.put_nowait(change)
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until the tunnel is up (the handshake completed)."""
+        if self._connected is None:
+            self._connected = asyncio.Event()
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    # -- connection loop -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and keep reconnecting until :meth:`close`; returns once closed."""
+        if self._connected is None:
+            self._connected = asyncio.Event()
+        self._closing = False
+        self._set_state(ClientState.STARTED)
+        self.backoff.reset()
+        error: BaseException | None = None
+        first = True
+        while not self._closing:
+            self._set_state(ClientState.CONNECTING, error)
+            if not first:
+                delay = self.backoff.next_delay()
+                if delay is None or delay < 0:
+                    self._set_state(ClientState.CLOSED, RedialAbortedError(
+                        "unable to restore the connection, aborting"))
+                    return
+                await self._sleep(delay)
+                if self._closing:
+                    break
+            first = False
+            try:
+                error = await self._run_once()
+            except (OSError, asyncio.TimeoutError, YtunError, ValueError) as exc:
+                error = exc
+                logger.warning("tunnel connection failed: %s", exc or type(exc).__name__)
+        self._set_state(ClientState.CLOSED, error)
+
+    async def _sleep(self, delay: float) -> None:
+        self._wake = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._wake), delay)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._wake = None
+
+    async def _run_once(self) -> BaseException | None:
+        """One connection: dial, CONNECT, handshake, serve until the session ends."""
+        identifier = await _resolve(self._fetch_identifier())
+        server_addr = await _resolve(self._fetch_server_addr())
+        if not identifier or not server_addr:
+            raise TunnelError("empty identifier or server address")
+        host, port = _parse_addr(server_addr, 443 if self.ssl else 80)
+        loop = asyncio.get_running_loop()
+        transport, handshake = await asyncio.wait_for(loop.create_connection(
+            lambda: _ConnectHandshake(identifier), host, port, ssl=self.ssl,
+            server_hostname=host if self.ssl else None), self.dial_timeout)
+        try:
+            extra = await asyncio.wait_for(handshake.done, proto.CONTROL_TIMEOUT)
+            session = Session(client=True, config=self.yamux_config)
+            session.take_over(transport, extra)
+        except BaseException:
+            transport.abort()
+            raise
+        self._session = session
+        try:
+            _, control = session.open_stream_nowait(lambda: _ClientControl(self, session))
+            await asyncio.wait_for(control.ready, proto.CONTROL_TIMEOUT)
+        except BaseException:
+            session.abort()
+            self._session = None
+            raise
+        logger.info("tunnel connected to %s", server_addr)
+        self.backoff.reset()
+        self._set_state(ClientState.CONNECTED)
+        assert self._connected is not None
+        self._connected.set()
+        await session.wait_closed()
+        self._connected.clear()
+        self._session = None
+        error = control.error or session._error
+        self._set_state(ClientState.DISCONNECTED, error)
+        if not self._closing:
+            logger.warning("tunnel disconnected: %s", error)
+        return error
+
+    async def close(self, grace: float = proto.CONTROL_TIMEOUT) -> None:
+        """Stop reconnecting; let in-flight HTTP requests finish (up to ``grace``); close."""
+        self._closing = True
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+        session = self._session
+        if session is None:
+            return
+        session.go_away()
+        if self._http_streams:
+            self._idle = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace)
+            except asyncio.TimeoutError:
+                logger.warning("closing with %d HTTP requests still in flight",
+                               self._http_streams)
+        session.close()
+        await session.wait_closed()
+
+    # -- streams -------------------------------------------------------------------------
+
+    def _stream_protocol(self, message: proto.ControlMessage) -> asyncio.BaseProtocol:
+        if message.protocol in (proto.HTTP, proto.WS):
+            return _LocalDialer(self, message)
+        if message.protocol == proto.TCP:
+            return _LocalDialer(self, message)
+        logger.error("server asked for unknown transport protocol %d; closing the stream",
+                     message.protocol)
+        return _Refuser()
+
+    async def _local_address(self, message: proto.ControlMessage) -> tuple[str, int]:
+        port = message.local_port
+        if message.protocol == proto.TCP:
+            if port in self.tcp_local:
+                return _parse_addr(self.tcp_local[port])
+            if self.fetch_local_addr is not None:
+                return _parse_addr(await _resolve(self.fetch_local_addr(port)))
+            return "127.0.0.1", port
+        if self.local_addr is not None:
+            return _parse_addr(self.local_addr)
+        return "127.0.0.1", port or 80
+
+    def _http_stream_done(self) -> None:
+        self._http_streams -= 1
+        if not self._http_streams and self._idle is not None:
+            self._idle.set()
+
+
+class _ConnectHandshake(asyncio.Protocol):
+    """Sends the CONNECT and waits for ``200 Connected to Tunnel`` (bare LF accepted)."""
+
+    def __init__(self, identifier: str) -> None:
+        self._identifier = identifier
+        self._buffer = b""
+        self.done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        host = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+        transport.write(proto.connect_request(host, self._identifier))  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if self.done.done():
+            return
+        self._buffer += data
+        end = find_head_end(self._buffer)
+        if end < 0:
+            if len(self._buffer) > 64 * 1024:
+                self.done.set_exception(TunnelError("oversized reply to CONNECT"))
+            return
+        head, extra = self._buffer[:end], self._buffer[end:]
+        status = head.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
+        if status.partition(" ")[2] == proto.CONNECTED_STATUS:
+            self.done.set_result(extra)
+        else:
+            body = extra.decode("utf-8", "replace").strip()
+            self.done.set_exception(TunnelError(
+                f"tunnel server error: status={status.partition(' ')[2][:3]}, body={body}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(TunnelError("server closed the connection during CONNECT"))
+
+
+class _ClientControl(asyncio.Protocol):
+    """Control stream, client side: handshake, then open one stream per message, in order."""
+
+    def __init__(self, client: Client, session: Session) -> None:
+        self._client = client
+        self._session = session
+        self._buffer = b""
+        self._decoder = proto.ControlDecoder()
+        self._backlog: deque[proto.ControlMessage] = deque()
+        self._opener: asyncio.Task[None] | None = None
+        self.error: BaseException | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._stream = transport
+        transport.write(proto.HANDSHAKE_REQUEST)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.ready.done():
+            self._buffer += data
+            size = len(proto.HANDSHAKE_RESPONSE)
+            if len(self._buffer) < size:
+                if not proto.HANDSHAKE_RESPONSE.startswith(self._buffer):
+                    self._fail(TunnelError("handshake refused by the server"))
+                return
+            if self._buffer[:size] != proto.HANDSHAKE_RESPONSE:
+                self._fail(TunnelError("handshake refused by the server"))
+                return
+            self.ready.set_result(None)
+            data, self._buffer = self._buffer[size:], b""
+            if not data:
+                return
+        try:
+            messages = self._decoder.feed(data)
+        except ValueError as exc:
+            self._fail(TunnelError(f"failure decoding control message: {exc}"))
+            return
+        self._backlog.extend(messages)
+        self._open_streams()
+
+    def _open_streams(self) -> None:
+        while self._backlog and self._opener is None:
+            message = self._backlog[0]
+            try:
+                self._session.open_stream_nowait(
+                    lambda: self._client._stream_protocol(message))
+            except StreamLimitError:
+                self._opener = asyncio.get_running_loop().create_task(self._open_later())
+                return
+            except SessionClosedError:
+                self._backlog.clear()
+                return
+            self._backlog.popleft()
+
+    async def _open_later(self) -> None:
+        message = self._backlog.popleft()
+        try:
+            await self._session.open_stream(lambda: self._client._stream_protocol(message))
+        except SessionClosedError:
+            self._backlog.clear()
+            return
+        finally:
+            self._opener = None
+        self._open_streams()
+
+    def eof_received(self) -> bool:
+        self._fail(TunnelError("failure decoding control message: EOF"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.error is None and exc is not None:
+            self.error = exc
+        if not self.ready.done():
+            self.ready.set_exception(TunnelError("control stream closed during the handshake"))
+            self.ready.exception()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+            self.ready.exception()
+        self._session.close()
+
+
+class _Refuser(asyncio.Protocol):
+    """Takes a stream for an unknown protocol (keeping the server's FIFO in step) and ends it."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class _LocalDialer(PipeEnd):
+    """Stream side of a pipe that dials the local service when the stream opens."""
+
+    def __init__(self, client: Client, message: proto.ControlMessage) -> None:
+        super().__init__(Pipe(), 0)
+        self._client = client
+        self._message = message
+        self._counted = message.protocol == proto.HTTP
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._counted:
+            self._client._http_streams += 1
+        task = asyncio.get_running_loop().create_task(self._dial(transport))
+        task.add_done_callback(_log_unexpected)
+
+    async def _dial(self, stream: Any) -> None:
+        client = self._client
+        try:
+            host, port = await client._local_address(self._message)
+            await asyncio.wait_for(asyncio.get_running_loop().create_connection(
+                lambda: self._pipe.sides[1], host, port), client.dial_timeout)
+        except (OSError, asyncio.TimeoutError, ValueError) as exc:
+            logger.error("dialing the local service for port %d failed: %s",
+                         self._message.local_port, exc)
+            if stream.is_closing():
+                return
+            if self._message.protocol != proto.TCP:
+                stream.write(NO_LOCAL_SERVER)
+            stream.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._counted:
+            self._counted = False
+            self._client._http_stream_done()
+
+
+def _log_unexpected(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("local dial failed", exc_info=task.exception())

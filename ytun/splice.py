@@ -1,0 +1,109 @@
+"""Join two transports (a tunnel stream and a socket) into one byte pipe.
+
+Bytes are passed on as they arrive; EOF on one side becomes a half-close (FIN) on the
+other; a side that cannot keep up pauses reading on the other. Both sides are closed once
+both directions have ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+logger = logging.getLogger("ytun.splice")
+
+
+class Pipe:
+    """Two transports joined both ways. Until both exist, the first one is not read."""
+
+    __slots__ = ("_transports", "_eof", "_closed", "sides")
+
+    def __init__(self) -> None:
+        self._transports: list[asyncio.Transport | None] = [None, None]
+        self._eof = [False, False]
+        self._closed = False
+        self.sides = (PipeEnd(self, 0), PipeEnd(self, 1))
+
+    @property
+    def transports(self) -> list[asyncio.Transport | None]:
+        return self._transports
+
+    def _made(self, side: int, transport: asyncio.Transport) -> None:
+        self._transports[side] = transport
+        other = self._transports[1 - side]
+        if other is None:
+            transport.pause_reading()
+        else:
+            other.resume_reading()
+
+    def _data(self, side: int, data: bytes) -> None:
+        other = self._transports[1 - side]
+        if other is not None:
+            other.write(data)
+
+    def _eof_received(self, side: int) -> None:
+        self._eof[side] = True
+        other = self._transports[1 - side]
+        if other is not None and not other.is_closing():
+            if other.can_write_eof():
+                other.write_eof()
+            else:
+                other.close()
+        if all(self._eof):
+            self.close()
+
+    def _lost(self, side: int, exc: BaseException | None) -> None:
+        self._transports[side] = None
+        other = self._transports[1 - side]
+        if other is not None:
+            if exc is None:
+                other.close()
+            else:
+                other.abort()
+
+    def _pause(self, side: int, paused: bool) -> None:
+        other = self._transports[1 - side]
+        if other is not None and not other.is_closing():
+            if paused:
+                other.pause_reading()
+            else:
+                other.resume_reading()
+
+    def close(self) -> None:
+        for transport in self._transports:
+            if transport is not None:
+                transport.close()
+
+    def abort(self) -> None:
+        for transport in self._transports:
+            if transport is not None:
+                transport.abort()
+
+
+class PipeEnd(asyncio.Protocol):
+    """The protocol on one side of a :class:`Pipe`."""
+
+    __slots__ = ("_pipe", "_side")
+
+    def __init__(self, pipe: Pipe, side: int) -> None:
+        self._pipe = pipe
+        self._side = side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._pipe._made(self._side, transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self._pipe._data(self._side, data)
+
+    def eof_received(self) -> bool:
+        self._pipe._eof_received(self._side)
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._pipe._lost(self._side, exc)
+
+    def pause_writing(self) -> None:
+        self._pipe._pause(self._side, True)
+
+    def resume_writing(self) -> None:
+        self._pipe._pause(self._side, False)
