@@ -10,6 +10,7 @@ import pytest
 from ytun.errors import ProtocolError
 
 TYPES = range(4)
+BLOCK = bytes(range(256)) * 40
 FLAG_SETS = range(16)
 
 
@@ -70,7 +71,7 @@ def sample_stream(codec) -> tuple[bytes, list[tuple]]:
         (codec.encode_frame(0, 0, 1, b"hello"), ("data", 1, 0, b"hello")),
         (codec.encode_header(2, 1, 0, 77), ("ping", 1, 77)),
         (codec.encode_frame(0, 4, 3, b""), ("data", 3, 4, b"")),
-        (codec.encode_frame(0, 0, 5, bytes(range(256)) * 40), ("data", 5, 0, bytes(range(256)) * 40)),
+        (codec.encode_frame(0, 0, 5, BLOCK), ("data", 5, 0, BLOCK)),
         (codec.encode_header(1, 8, 5, 9), ("window", 5, 8, 9)),
         (codec.encode_header(3, 0, 0, 2), ("go_away", 2)),
     ]

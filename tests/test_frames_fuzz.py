@@ -363,6 +363,7 @@ window_ops = st.lists(
                     "consume",
                     "consume_to_half",
                     "receive_consumed",
+                    "receive_consumed_to_half",
                     "take_send",
                     "add_send",
                 ]
@@ -389,15 +390,16 @@ def _state(window) -> tuple[int, int, int, int]:
 def _resolve(op: str, amount: tuple[str, int], window) -> tuple[str, int]:
     """The method to call and its argument, for the state ``window`` is in now."""
     send, credit, buffered, recv_window = _state(window)
-    method = "consume" if op == "consume_to_half" else op
+    method = op.removesuffix("_to_half")
     kind, value = amount
     if kind == "edge":
         boundary = {
             "receive": credit,
             "receive_consumed": credit,
             "consume": buffered,
-            # consuming this much makes exactly half the window reclaimable
+            # taking this much makes exactly half the window reclaimable
             "consume_to_half": recv_window // 2 - (recv_window - buffered - credit),
+            "receive_consumed_to_half": recv_window // 2 - (recv_window - buffered - credit),
             "take_send": send,
             "add_send": MAX_WINDOW - send,
         }[op]

@@ -6,6 +6,7 @@ errors. Numbers in the docstrings refer to the conformance list in the yamux ref
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import socket
 import struct
@@ -46,9 +47,7 @@ FAST = Config(keepalive_interval=None, ping_timeout=0.5, stream_open_timeout=Non
 
 def fast(**changes) -> Config:
     """A small config with no timers unless a test asks for one."""
-    values = {name: getattr(FAST, name) for name in FAST.__dataclass_fields__}
-    values.update(changes)
-    return Config(**values)
+    return dataclasses.replace(FAST, **changes)
 
 
 class Probe(asyncio.Protocol):
@@ -161,6 +160,12 @@ async def open_raw(peer: RawPeer, stream_id: int = 1, **probe_args) -> tuple[Str
     return stream, probe
 
 
+async def open_raw_connection(peer: RawPeer, stream_id: int) -> StreamConnection:
+    """The raw peer opens ``stream_id``; the session accepts it as a StreamConnection."""
+    peer.send(frame(WINDOW, SYN, stream_id, 0))
+    return await asyncio.wait_for(accept_connection(peer.session), 5)
+
+
 # -- 8: stream IDs ---------------------------------------------------------------------
 
 
@@ -246,10 +251,9 @@ async def test_larger_receive_window_is_advertised_as_delta(impl):
         await until(lambda: len(probe.data) == recv_window)
 
     async with SessionPair(fast(recv_window=recv_window), fast()) as pair:
-        stream, _ = await pair.client.open_stream(Probe)
-        _, far = await asyncio.wait_for(pair.server.accept_stream(Probe), 5)
-        far.transport.write(b"x")  # the SYN has been processed once this arrives
-        await until(lambda: far.transport._window.send_credit == recv_window - 1)
+        await pair.client.open_stream(Probe)
+        far, _ = await asyncio.wait_for(pair.server.accept_stream(Probe), 5)
+        assert far._window.send_credit == recv_window
 
 
 @pytest.mark.parametrize("size", [1, INITIAL_WINDOW])
@@ -447,8 +451,8 @@ async def test_stream_open_timeout_resets_the_stream(impl):
     async with RawPeer(session_is_client=True, config=fast(stream_open_timeout=0.2)) as peer:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        stream, probe = await peer.session.open_stream(Probe)
-        acked, acked_probe = await peer.session.open_stream(Probe)
+        _, probe = await peer.session.open_stream(Probe)
+        _, acked_probe = await peer.session.open_stream(Probe)
         peer.send(frame(WINDOW, ACK, 3, 0))
         assert isinstance(await lost(probe), StreamOpenTimeoutError)
         assert loop.time() - started >= 0.19
@@ -544,7 +548,7 @@ async def test_data_after_fin_resets_the_stream(impl):
     """23: Data after the peer's FIN resets that stream (RST sent, protocol told); the
     session carries on and the protocol never sees data after EOF."""
     async with RawPeer(session_is_client=False, config=fast()) as peer:
-        stream, probe = await open_raw(peer, 1)
+        _, probe = await open_raw(peer, 1)
         _, other = await open_raw(peer, 3)
         peer.send(frame(DATA, FIN, 1, 3, b"end") + frame(DATA, 0, 1, 5, b"extra"))
         assert isinstance(await lost(probe), StreamResetError)
@@ -587,10 +591,10 @@ async def test_remote_reset_fails_readers_and_writers(impl, rst):
         peer.send(frame(DATA, 0, 5, 6, b"unread") + frame(WINDOW, RST, 5, 0))
         assert isinstance(await lost(probe), StreamResetError)
         probe.transport.resume_reading()
-        await settle(peer)
+        frames = await settle(peer)
         assert probe.data == b"" and not probe.violations
         # No RST is sent back for a reset the peer started; the session is alive.
-        assert not any(f.flags & RST for f in await settle(peer))
+        assert not any(f.flags & RST for f in frames)
         assert not peer.session.is_closed
 
 
@@ -604,14 +608,15 @@ async def test_frames_for_unknown_streams_are_ignored(impl):
         assert await lost(probe) is None
         await settle(peer)
         junk = b"".join([
-            frame(DATA, 0, 99, 300, b"\xff" * 300),     # never opened, peer parity
-            frame(DATA, 0, 100, 12, HEADER.pack(0, 2, 1, 0, 5)),  # our parity, body looks
-            frame(WINDOW, 0, 99, 1000),                 # like a ping but is drained
+            frame(DATA, 0, 99, 300, b"\xff" * 300),  # never opened, the peer's parity
+            # Our parity; the body looks like a ping, which must not be answered.
+            frame(DATA, 0, 100, 12, HEADER.pack(0, 2, 1, 0, 5)),
+            frame(WINDOW, 0, 99, 1000),
             frame(WINDOW, FIN, 101, 0),
             frame(WINDOW, RST, 103, 0),
             frame(DATA, FIN | RST, 105, 3, b"abc"),
             frame(DATA, ACK, 107, 0),
-            frame(DATA, 0, 1, 4, b"late"),               # finished stream
+            frame(DATA, 0, 1, 4, b"late"),  # a finished stream
             frame(WINDOW, FIN, 1, 10),
             frame(WINDOW, RST, 1, 0),
         ])
@@ -678,7 +683,7 @@ async def test_local_reset_drops_queued_data(impl, how):
             (WINDOW, SYN), (WINDOW, RST)]
 
 
-async def test_protocol_exception_resets_only_its_stream(impl, caplog):
+async def test_protocol_exception_resets_only_its_stream(impl):
     class Faulty(Probe):
         def data_received(self, data: bytes) -> None:
             raise RuntimeError("application bug")
@@ -860,7 +865,7 @@ async def test_answered_keepalive_pings_do_not_multiply(impl):
             assert got.type == PING and got.flags == SYN
             pings += 1
             peer.send(frame(PING, ACK, 0, got.length))
-        assert 3 <= pings <= 13
+        assert 3 <= pings <= 14
         assert not peer.session.is_closed
 
 
@@ -985,11 +990,6 @@ async def test_transport_loss_fails_every_stream(impl, how):
         assert peer.session.is_closed and peer.session.stream_count == 0
 
 
-async def open_raw_connection(peer: RawPeer, stream_id: int) -> StreamConnection:
-    peer.send(frame(WINDOW, SYN, stream_id, 0))
-    return await asyncio.wait_for(accept_connection(peer.session), 5)
-
-
 @pytest.mark.parametrize("how", ["close", "abort", "go-away-2", "eof"])
 async def test_termination_wakes_every_waiter(impl, how):
     """46: closing wakes readers, writers blocked on window, acceptors, openers blocked
@@ -1017,10 +1017,9 @@ async def test_termination_wakes_every_waiter(impl, how):
             peer.send(frame(GO_AWAY, 0, 0, 2))
         else:
             peer.writer.close()
-        for name, waiter in waiters.items():
+        for waiter in waiters.values():
             with pytest.raises(SessionClosedError):
                 await asyncio.wait_for(waiter, 5)
-            assert name  # every waiter failed
         assert session.stream_count == 0
         assert not session._unacked_waiters and not session._accept_waiters
 
@@ -1086,7 +1085,7 @@ async def test_syn_with_our_parity_on_a_client_session(impl):
         assert isinstance((await lost(probe)).__cause__, ProtocolError)
 
 
-async def test_internal_error_sends_go_away_2(impl, monkeypatch, caplog):
+async def test_internal_error_sends_go_away_2(impl, monkeypatch):
     """A bug in a frame handler closes this session with Go Away(2), not the process."""
     def broken(self):
         raise RuntimeError("bug")

@@ -125,7 +125,7 @@ class FrameParser:
         version, frame_type, flags, stream_id, length = header
         if version != PROTO_VERSION:
             raise ProtocolError(f"unsupported yamux version {version}")
-        if frame_type == TYPE_DATA or frame_type == TYPE_WINDOW_UPDATE:
+        if frame_type in (TYPE_DATA, TYPE_WINDOW_UPDATE):
             if stream_id == 0:
                 raise ProtocolError("data or window update frame on stream 0")
             if frame_type == TYPE_WINDOW_UPDATE:
@@ -142,7 +142,7 @@ class FrameParser:
             self._stream_id = stream_id
             self._flags = flags
             return end
-        if frame_type == TYPE_PING or frame_type == TYPE_GO_AWAY:
+        if frame_type in (TYPE_PING, TYPE_GO_AWAY):
             if stream_id != 0:
                 raise ProtocolError("ping or go away frame on a stream other than 0")
             if frame_type == TYPE_PING:

@@ -386,7 +386,7 @@ class _ClientControl(asyncio.Protocol):
             message = self._backlog[0]
             try:
                 self._session.open_stream_nowait(
-                    lambda: self._client._stream_protocol(message))
+                    lambda message=message: self._client._stream_protocol(message))
             except StreamLimitError:
                 self._opener = asyncio.get_running_loop().create_task(self._open_later())
                 return

@@ -48,8 +48,8 @@ class DemoApp(asyncio.Protocol):
         keep_alive = self._parser.should_keep_alive()
         self._transport.write(  # type: ignore[union-attr]
             b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
-            b"Content-Length: %d\r\n%s\r\n%s" % (
-                len(body), b"" if keep_alive else b"Connection: close\r\n", body))
+            + f"Content-Length: {len(body)}\r\n".encode()
+            + (b"" if keep_alive else b"Connection: close\r\n") + b"\r\n" + body)
         if not keep_alive:
             self._transport.close()  # type: ignore[union-attr]
 
@@ -58,5 +58,6 @@ async def start_demo_app(host: str = "127.0.0.1", port: int = 0) -> asyncio.Serv
     loop = asyncio.get_running_loop()
     origin = ["?"]
     server = await loop.create_server(lambda: DemoApp(origin[0]), host, port)
-    origin[0] = "%s:%d" % server.sockets[0].getsockname()[:2]
+    address = server.sockets[0].getsockname()
+    origin[0] = f"{address[0]}:{address[1]}"
     return server

@@ -84,9 +84,8 @@ class PublicProtocol(asyncio.Protocol):
         if self._state == _RAW and self._tunnel is not None:
             self._tunnel.send_eof()
             return True
-        if self._tunnel is not None and self._tunnel.busy:
-            return True  # let the answers to requests already sent go out
-        return False
+        # Keep the connection open while answers to requests already sent go out.
+        return self._tunnel is not None and self._tunnel.busy
 
     def pause_writing(self) -> None:
         self._writing_paused = True

@@ -12,7 +12,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .._const import FLAG_FIN, FLAG_RST, TYPE_DATA, TYPE_WINDOW_UPDATE
+from .._const import FLAG_FIN, TYPE_DATA, TYPE_WINDOW_UPDATE
 from ..errors import StreamOpenTimeoutError, StreamResetError
 
 if TYPE_CHECKING:
