@@ -1,7 +1,8 @@
 """Session-level yamux conformance: stream IDs and lifecycle, SYN/ACK, backlogs and limits,
 half-close and reset, unknown streams, ping and keepalive, Go Away, close, and protocol
 errors. Numbers in the docstrings refer to the conformance list in the yamux reference
-(section 11). Every test runs on both codecs (``impl``) and both event loops."""
+(section 11). Every test runs on both codecs (``impl``) and both event loops. The helpers
+defined here (``Probe``, ``settle``, ``open_raw``...) are shared with test_flow.py."""
 
 from __future__ import annotations
 
@@ -335,6 +336,7 @@ async def test_syn_then_rst_reports_reset(impl):
 
     async with RawPeer(session_is_client=False, config=fast(), protocol_factory=factory) as peer:
         peer.send(frame(WINDOW, SYN, 1, 0) + frame(WINDOW, RST, 1, 0))
+        await until(lambda: probes)
         assert isinstance(await lost(probes[0]), StreamResetError)
         assert peer.session.stream_count == 0
 
@@ -420,6 +422,8 @@ async def test_unacked_outbound_streams_are_bounded(impl):
         done, _ = await asyncio.wait([waiting], timeout=0.05)
         assert not done
         assert session.stream_count == 3
+        with pytest.raises(StreamLimitError):
+            session.open_stream_nowait(Probe)
         peer.send(frame(WINDOW, ACK, 3, 0))
         stream, _ = await asyncio.wait_for(waiting, 5)
         assert stream.stream_id == 7
@@ -636,8 +640,8 @@ async def test_close_timeout_resets_a_stream_the_peer_never_closes(impl):
         started = loop.time()
         stream.write(b"last words")
         stream.close()
-        got = await peer.read_frame()
-        assert got == Frame(DATA, FIN, 1, 10, b"last words")
+        assert await peer.read_frame() == Frame(DATA, 0, 1, 10, b"last words")
+        assert await peer.read_frame() == Frame(WINDOW, FIN, 1, 0)
         # Data after our close is credited back but not delivered.
         peer.send(frame(DATA, 0, 1, 5, b"ignored"[:5]))
         rst = await peer.read_frame(timeout=2)
@@ -651,6 +655,7 @@ async def test_close_timeout_resets_a_stream_the_peer_never_closes(impl):
 async def test_close_completed_by_peer_fin_cancels_the_timeout(impl):
     async with RawPeer(session_is_client=False, config=fast(stream_close_timeout=0.1)) as peer:
         stream, probe = await open_raw(peer, 1)
+        await settle(peer)
         stream.close()
         assert (await peer.read_frame()) == Frame(WINDOW, FIN, 1, 0)
         peer.send(frame(WINDOW, FIN, 1, 0))
@@ -742,7 +747,7 @@ async def test_ping_answered_promptly_under_bulk_load(impl):
             stop.set()
             sender.reset()
             receiver.reset()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
 
 
 async def test_ping_flood_both_ways(impl):
@@ -1098,3 +1103,52 @@ async def test_internal_error_sends_go_away_2(impl, monkeypatch):
         assert frames[-1] == Frame(GO_AWAY, 0, 0, 2)
         exc = await lost(probe)
         assert isinstance(exc, SessionClosedError) and isinstance(exc.__cause__, RuntimeError)
+
+
+# -- cancellation races ----------------------------------------------------------------
+
+
+async def test_stream_handed_to_a_cancelled_acceptor_is_not_lost(impl):
+    """An accept_stream call cancelled just after a stream was handed to it (a timeout
+    firing in the same loop iteration) passes the stream on instead of leaking it."""
+    async with RawPeer(session_is_client=False, config=fast()) as peer:
+        session = peer.session
+        accepting = asyncio.ensure_future(session.accept_stream(Probe))
+        await asyncio.sleep(0)
+        session.data_received(frame(WINDOW, SYN, 1, 0) + frame(DATA, 0, 1, 2, b"hi"))
+        accepting.cancel()  # the waiter already holds stream 1
+        with pytest.raises(asyncio.CancelledError):
+            await accepting
+        stream, probe = await asyncio.wait_for(session.accept_stream(Probe), 1)
+        assert stream.stream_id == 1
+        await until(lambda: probe.data == b"hi")
+
+
+async def test_cancelled_acceptors_do_not_accumulate(impl):
+    async with RawPeer(session_is_client=False, config=fast()) as peer:
+        for _ in range(100):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(peer.session.accept_stream(Probe), 0.001)
+        assert len(peer.session._accept_waiters) <= 1
+        await open_raw(peer, 1)
+
+
+async def test_wakeup_of_a_cancelled_opener_is_passed_on(impl):
+    """An open_stream call cancelled just after it was woken for a free un-ACKed slot
+    hands the wake-up to the next waiting opener."""
+    async with RawPeer(session_is_client=True, config=fast(max_unacked_streams=1)) as peer:
+        session = peer.session
+        await session.open_stream(Probe)
+        first = asyncio.ensure_future(session.open_stream(Probe))
+        second = asyncio.ensure_future(session.open_stream(Probe))
+        await asyncio.sleep(0)
+        session.data_received(frame(WINDOW, ACK, 1, 0))
+        first.cancel()  # already woken: the free slot must go to ``second``
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        stream, _ = await asyncio.wait_for(second, 1)
+        assert stream.stream_id == 3
+        for _ in range(100):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(session.open_stream(Probe), 0.001)
+        assert len(session._unacked_waiters) <= 1

@@ -103,6 +103,7 @@ def make_client(args: argparse.Namespace) -> Client:
         port, address = _mapping(value, "--tcp-local")
         if not port.isdigit():
             raise UsageError(f"--tcp-local port must be a number, got {port!r}")
+        _address(address, "--tcp-local")
         tcp_local[int(port)] = address
     context = None
     if args.tls or args.tls_ca:

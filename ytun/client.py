@@ -117,9 +117,9 @@ class Client:
                  yamux_config: Config | None = None,
                  on_state_change: Callable[[ClientStateChange], None] | None = None,
                  dial_timeout: float = proto.CONTROL_TIMEOUT) -> None:
-        if server_addr is None and fetch_server_addr is None:
+        if not server_addr and fetch_server_addr is None:
             raise ValueError("neither server_addr nor fetch_server_addr is set")
-        if identifier is None and fetch_identifier is None:
+        if not identifier and fetch_identifier is None:
             raise ValueError("neither identifier nor fetch_identifier is set")
         self._fetch_server_addr = fetch_server_addr or (lambda: server_addr)
         self._fetch_identifier = fetch_identifier or (lambda: identifier)
@@ -139,6 +139,7 @@ class Client:
         self._closing = False
         self._connected: asyncio.Event | None = None
         self._wake: asyncio.Future[None] | None = None
+        self._dialing: asyncio.Transport | None = None  # a connection still in CONNECT
         self._http_streams = 0
         self._idle: asyncio.Event | None = None
 
@@ -205,7 +206,8 @@ class Client:
                 error = await self._run_once()
             except (OSError, asyncio.TimeoutError, YtunError, ValueError) as exc:
                 error = exc
-                logger.warning("tunnel connection failed: %s", exc or type(exc).__name__)
+                if not self._closing:
+                    logger.warning("tunnel connection failed: %s", exc or type(exc).__name__)
         self._set_state(ClientState.CLOSED, error)
 
     async def _sleep(self, delay: float) -> None:
@@ -221,6 +223,8 @@ class Client:
         """One connection: dial, CONNECT, handshake, serve until the session ends."""
         identifier = await _resolve(self._fetch_identifier())
         server_addr = await _resolve(self._fetch_server_addr())
+        if self._closing:  # close() was called while the fetchers ran
+            return None
         if not identifier or not server_addr:
             raise TunnelError("empty identifier or server address")
         host, port = _parse_addr(server_addr, 443 if self.ssl else 80)
@@ -228,13 +232,18 @@ class Client:
         transport, handshake = await asyncio.wait_for(loop.create_connection(
             lambda: _ConnectHandshake(identifier), host, port, ssl=self.ssl,
             server_hostname=host if self.ssl else None), self.dial_timeout)
+        self._dialing = transport  # close() aborts it
         try:
+            if self._closing:
+                raise TunnelError("client closed")
             extra = await asyncio.wait_for(handshake.done, proto.CONTROL_TIMEOUT)
             session = Session(client=True, config=self.yamux_config)
             session.take_over(transport, extra)
         except BaseException:
             transport.abort()
             raise
+        finally:
+            self._dialing = None
         self._session = session
         try:
             _, control = session.open_stream_nowait(lambda: _ClientControl(self, session))
@@ -264,6 +273,8 @@ class Client:
             self._wake.set_result(None)
         session = self._session
         if session is None:
+            if self._dialing is not None:  # mid-CONNECT: give up this attempt now
+                self._dialing.abort()
             return
         session.go_away()
         if self._http_streams:
@@ -339,6 +350,7 @@ class _ConnectHandshake(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
             self.done.set_exception(TunnelError("server closed the connection during CONNECT"))
+            self.done.exception()  # retrieved: after close() nobody may be waiting
 
 
 class _ClientControl(asyncio.Protocol):
@@ -455,7 +467,7 @@ class _LocalDialer(PipeEnd):
             host, port = await client._local_address(self._message)
             await asyncio.wait_for(asyncio.get_running_loop().create_connection(
                 lambda: self._pipe.sides[1], host, port), client.dial_timeout)
-        except (OSError, asyncio.TimeoutError, ValueError) as exc:
+        except Exception as exc:  # also whatever a user's fetch_local_addr raises
             logger.error("dialing the local service for port %d failed: %s",
                          self._message.local_port, exc)
             if stream.is_closing():

@@ -39,11 +39,17 @@ class RequestHead:
 class _HeadCollector:
     """httptools callbacks (only the ones needed, so httptools registers no others)."""
 
-    __slots__ = ("head", "_connection_upgrade")
+    __slots__ = ("head", "_connection_upgrade", "parser")
 
     def __init__(self, head: RequestHead) -> None:
         self.head = head
         self._connection_upgrade = False
+        self.parser: httptools.HttpRequestParser | None = None
+
+    def on_headers_complete(self) -> None:
+        # Ask now: once a message without a body is complete, llhttp resets its flags and
+        # should_keep_alive() forgets "Connection: close".
+        self.head.keep_alive = self.parser.should_keep_alive()  # type: ignore[union-attr]
 
     def on_url(self, url: bytes) -> None:
         self.head.target += url
@@ -66,7 +72,9 @@ class _HeadCollector:
 def parse_request_head(data: bytes) -> RequestHead:
     """Parse one complete request head (up to and including the blank line)."""
     head = RequestHead()
-    parser = httptools.HttpRequestParser(_HeadCollector(head))
+    collector = _HeadCollector(head)
+    parser = collector.parser = httptools.HttpRequestParser(collector)
+    head.keep_alive = True
     try:
         parser.feed_data(data)
     except httptools.HttpParserUpgrade:
@@ -75,7 +83,6 @@ def parse_request_head(data: bytes) -> RequestHead:
         raise HttpError(400, "malformed request") from exc
     head.method = parser.get_method()
     head.version = parser.get_http_version()
-    head.keep_alive = parser.should_keep_alive()
     head.upgrade = parser.should_upgrade() and head.method != b"CONNECT"
     head.websocket = head.websocket and head.upgrade and head.method == b"GET"
     return head

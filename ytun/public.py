@@ -58,6 +58,7 @@ class PublicProtocol(asyncio.Protocol):
         self._pause_reasons: set[str] = set()
         self._writing_paused = False
         self._forwarded = b""
+        self._eof = False  # the client half-closed: close once every answer is out
 
     # -- connection ----------------------------------------------------------------------
 
@@ -85,6 +86,7 @@ class PublicProtocol(asyncio.Protocol):
             self._tunnel.send_eof()
             return True
         # Keep the connection open while answers to requests already sent go out.
+        self._eof = True
         return self._tunnel is not None and self._tunnel.busy
 
     def pause_writing(self) -> None:
@@ -114,7 +116,8 @@ class PublicProtocol(asyncio.Protocol):
         return self._tunnel is None or not self._tunnel.busy
 
     def close(self) -> None:
-        if self._transport is not None:
+        # never twice: a second close() of an asyncio SSL transport breaks later writes
+        if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
     # -- requests ------------------------------------------------------------------------
@@ -267,9 +270,25 @@ class PublicProtocol(asyncio.Protocol):
 
     # -- events from the tunnel ----------------------------------------------------------
 
+    def client_leaving(self, identifier: str) -> None:
+        """That client is shutting down: end our stream to it once its answers are out."""
+        tunnel = self._tunnel
+        if tunnel is not None and tunnel.key[0] == identifier:
+            tunnel.draining = True
+            if not tunnel.busy:
+                self._tunnel = None
+                tunnel.finish()
+
     def tunnel_idle(self, tunnel: Tunnel) -> None:
         """Every request sent down ``tunnel`` has its full answer: waiting requests go on."""
-        if tunnel is not self._tunnel or self._state != _WAIT:
+        if tunnel is not self._tunnel:
+            return
+        if tunnel.draining:
+            self._tunnel = None
+            tunnel.finish()
+        if self._state != _WAIT:
+            if self._eof or self._last_request:
+                self.close()  # the client sent its last request and has every answer
             return
         head, raw = self._waiting  # type: ignore[misc]
         self._waiting = None
@@ -283,6 +302,8 @@ class PublicProtocol(asyncio.Protocol):
         if self._pending:
             pending, self._pending = self._pending, b""
             self._process(pending)
+        if (self._eof or self._last_request) and self.idle and self._state != _WAIT:
+            self.close()
 
     def tunnel_closed(self, tunnel: Tunnel, status: int, message: str | None) -> None:
         """``tunnel`` ended with answers missing: answer what can be, then close."""
@@ -304,6 +325,7 @@ class Tunnel(asyncio.Protocol):
     def __init__(self, public: PublicProtocol, key: tuple[str, int, int]) -> None:
         self.key = key
         self.closed = False
+        self.draining = False  # its client is leaving: no requests after the current ones
         self._public = public
         self._stream: asyncio.Transport | None = None
         self._early: list[bytes] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import logging
 import socket
 import ssl as ssl_module
@@ -104,6 +105,14 @@ class Server:
             host, port = split_host_port(address)
             sock_name = (host, port)
         port = sock_name[1]
+        existing = self._tcp_servers.get(port) if port else None
+        if existing is not None:  # only the same listener again (e.g. for another ip route)
+            bound = [sock.getsockname()[0] for sock in existing.sockets]
+            same = ([sock.fileno() for sock in existing.sockets] == [address.fileno()]
+                    if isinstance(address, socket.socket) else sock_name[0] in bound)
+            if not same:
+                raise OSError(errno.EADDRINUSE,
+                              f"port {port} is already tunnelled on {', '.join(bound)}")
         if port == 0 or port not in self._tcp_servers:
             if isinstance(address, socket.socket):
                 listener = await loop.create_server(lambda: _TcpPublic(self), sock=address)
@@ -233,6 +242,9 @@ class Server:
 
     def _accept_client(self, identifier: str, transport: asyncio.Transport,
                        extra: bytes) -> None:
+        # The connection is the client's session now, no longer a public one: close() must
+        # leave it to the session (closing an asyncio SSL transport twice breaks writes).
+        self._public_connections.discard(transport.get_protocol())  # type: ignore[arg-type]
         transport.write(proto.CONNECTED_RESPONSE)
         link = ClientLink(self, identifier)
         self._links[identifier] = link
@@ -278,6 +290,7 @@ class ClientLink:
         self.identifier = identifier
         self.label = server.registry.label(identifier)
         self.connected = False
+        self.draining = False
         self.connected_at = 0.0
         self.peer: tuple[Any, ...] | None = None
         self._control: _ServerControl | None = None
@@ -288,12 +301,19 @@ class ClientLink:
     def start(self, transport: asyncio.Transport, extra: bytes) -> None:
         self.peer = transport.get_extra_info("peername")
         self.session = Session(client=False, config=self._server.yamux_config,
-                               protocol_factory=self._next_protocol)
+                               protocol_factory=self._next_protocol,
+                               on_remote_go_away=self._client_leaving)
         self.session.take_over(transport, extra)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._server.handshake_timeout, self._handshake_timed_out)
         closed = loop.create_task(self.session.wait_closed())
         closed.add_done_callback(lambda _: self.disconnect(self.session._error))
+
+    def _client_leaving(self) -> None:
+        """The client sent Go Away: new requests get 502, idle streams to it are ended."""
+        self.draining = True
+        for public in list(self._server._public_connections):
+            public.client_leaving(self.identifier)
 
     def _handshake_timed_out(self) -> None:
         self._timer = None
@@ -316,7 +336,7 @@ class ClientLink:
     def request_stream(self, kind: int, port: int, protocol: Any) -> None:
         """Ask the client for a stream; ``protocol`` is attached to it when it arrives, or
         told ``tunnel_failed(message)``. Sending and queueing happen together."""
-        if not self.connected or self._control is None:
+        if not self.connected or self._control is None or self.draining:
             raise ConnectionError("no client session established")
         waiter = _StreamWaiter(protocol)
         waiter.timer = asyncio.get_running_loop().call_later(

@@ -16,12 +16,16 @@ logger = logging.getLogger("ytun.splice")
 class Pipe:
     """Two transports joined both ways. Until both exist, the first one is not read."""
 
-    __slots__ = ("_transports", "_eof", "_closed", "sides")
+    __slots__ = ("_transports", "_eof", "_closed", "_early", "sides")
 
     def __init__(self) -> None:
         self._transports: list[asyncio.Transport | None] = [None, None]
         self._eof = [False, False]
         self._closed = False
+        # Bytes the first side delivered before the second existed. pause_reading() inside
+        # connection_made is a no-op on uvloop (it starts reading right after), so they
+        # can arrive anyway and must not be dropped.
+        self._early: list[bytes] = []
         self.sides = (PipeEnd(self, 0), PipeEnd(self, 1))
 
     @property
@@ -31,15 +35,31 @@ class Pipe:
     def _made(self, side: int, transport: asyncio.Transport) -> None:
         self._transports[side] = transport
         other = self._transports[1 - side]
-        if other is None:
+        if other is None and not self._closed:
             transport.pause_reading()
-        else:
+            return
+        if self._early:
+            transport.writelines(self._early)
+            self._early.clear()
+        if self._eof[1 - side]:  # the first side's EOF came before this side existed
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
+        if other is None:  # the first side is already gone: pass on its end
+            transport.close()
+        elif not other.is_closing():
             other.resume_reading()
 
     def _data(self, side: int, data: bytes) -> None:
         other = self._transports[1 - side]
         if other is not None:
             other.write(data)
+        else:
+            self._early.append(data)
+            transport = self._transports[side]
+            if transport is not None:
+                transport.pause_reading()
 
     def _eof_received(self, side: int) -> None:
         self._eof[side] = True
@@ -55,7 +75,9 @@ class Pipe:
     def _lost(self, side: int, exc: BaseException | None) -> None:
         self._transports[side] = None
         other = self._transports[1 - side]
-        if other is not None:
+        if other is None:
+            self._closed = True  # close the other side as soon as it arrives
+        else:
             if exc is None:
                 other.close()
             else:

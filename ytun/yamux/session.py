@@ -23,6 +23,7 @@ from .._const import (
     FLAG_SYN,
     GO_AWAY_INTERNAL_ERROR,
     GO_AWAY_NORMAL,
+    INITIAL_WINDOW,
     TYPE_GO_AWAY,
     TYPE_PING,
     TYPE_WINDOW_UPDATE,
@@ -33,6 +34,7 @@ from ..errors import (
     ProtocolError,
     SessionClosedError,
     StreamLimitError,
+    StreamResetError,
     StreamsExhaustedError,
 )
 from .config import Config
@@ -51,14 +53,17 @@ class Session(asyncio.Protocol):
     ``client=True`` opens odd stream IDs, ``client=False`` even ones. Inbound streams get
     a protocol from ``protocol_factory`` at once (like ``loop.create_server``), or wait in
     a bounded backlog for :meth:`accept_stream` when no factory is given.
+    ``on_remote_go_away()`` is called when the peer announces it takes no new streams.
     """
 
     def __init__(self, *, client: bool, config: Config | None = None,
-                 protocol_factory: ProtocolFactory | None = None) -> None:
+                 protocol_factory: ProtocolFactory | None = None,
+                 on_remote_go_away: Callable[[], None] | None = None) -> None:
         self.config = config = config or Config()
         self.client = client
         self._loop = asyncio.get_running_loop()
         self._protocol_factory = protocol_factory
+        self._on_remote_go_away = on_remote_go_away
         self._parser = codec.FrameParser(self, config.max_recv_payload)
         self._flow_window = codec.FlowWindow
         self._encode_header = codec.encode_header
@@ -152,6 +157,9 @@ class Session(asyncio.Protocol):
         stream = self._streams.get(stream_id)
         if flags:
             if flags & FLAG_SYN:
+                if len(payload) > INITIAL_WINDOW:  # more than the opener can have credit for
+                    raise ProtocolError(f"peer opened stream {stream_id} with {len(payload)} "
+                                        "bytes, beyond the initial window")
                 stream = self._inbound(stream_id, flags)
             if stream is None:
                 return
@@ -163,6 +171,10 @@ class Session(asyncio.Protocol):
         elif stream is None:
             return  # unknown or finished stream: the parser already skipped the body
         if payload:
+            if stream._remote_fin:
+                stream.reset(StreamResetError(
+                    f"peer sent data on stream {stream_id} after closing it"))
+                return
             protocol = stream._protocol
             if (protocol is not None and not stream._reading_paused and not stream._recv
                     and not stream._closing and not stream._done):
@@ -210,6 +222,8 @@ class Session(asyncio.Protocol):
         if code == GO_AWAY_NORMAL:
             # The peer takes no new streams; the ones open now may finish.
             self._remote_go_away = True
+            if self._on_remote_go_away is not None:
+                self._on_remote_go_away()
             return
         self._fail(GoAwayError(code), None)
 
@@ -240,14 +254,20 @@ class Session(asyncio.Protocol):
                 stream.reset(exc)
                 return None
         else:
-            while self._accept_waiters:
-                waiter = self._accept_waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(stream)
-                    break
-            else:
-                self._backlog.append(stream)
+            self._hand_over(stream)
         return stream
+
+    def _hand_over(self, stream: Stream, first: bool = False) -> None:
+        """Give an inbound stream to the oldest waiting acceptor, or queue it."""
+        while self._accept_waiters:
+            waiter = self._accept_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(stream)
+                return
+        if first:
+            self._backlog.appendleft(stream)
+        else:
+            self._backlog.append(stream)
 
     # -- opening and accepting streams ----------------------------------------------------
 
@@ -259,7 +279,12 @@ class Session(asyncio.Protocol):
         while self._unacked >= self.config.max_unacked_streams and self._error is None:
             waiter = self._loop.create_future()
             self._unacked_waiters.append(waiter)
-            await waiter
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if _forget(self._unacked_waiters, waiter):
+                    self._wake_opener()  # we were woken for a free slot: pass it on
+                raise
         return self.open_stream_nowait(protocol_factory)
 
     def open_stream_nowait(self, protocol_factory: ProtocolFactory) -> tuple[Stream, Any]:
@@ -298,7 +323,12 @@ class Session(asyncio.Protocol):
                 self._check_alive()
                 waiter: asyncio.Future[Stream] = self._loop.create_future()
                 self._accept_waiters.append(waiter)
-                stream = await waiter
+                try:
+                    stream = await waiter
+                except asyncio.CancelledError:
+                    if _forget(self._accept_waiters, waiter) and not waiter.result()._done:
+                        self._hand_over(waiter.result(), first=True)  # not ours after all
+                    raise
             if not stream._done:
                 protocol = protocol_factory()
                 stream._attach(protocol)
@@ -317,6 +347,9 @@ class Session(asyncio.Protocol):
 
     def _stream_acked(self) -> None:
         self._unacked -= 1
+        self._wake_opener()
+
+    def _wake_opener(self) -> None:
         while self._unacked_waiters:
             waiter = self._unacked_waiters.popleft()
             if not waiter.done():
@@ -370,8 +403,12 @@ class Session(asyncio.Protocol):
             self._ready = {}
             encode_header = self._encode_header
             max_payload = self.config.max_frame_payload
-            for stream in ready:
-                if stream._wants_emit():
+            # Round robin, about one frame per stream per turn: a bulk stream delays the
+            # others' frames by one frame each, not by its whole window.
+            streams = list(ready)
+            while streams:
+                streams = [stream for stream in streams if stream._wants_emit()]
+                for stream in streams:
                     stream._emit(out, encode_header, max_payload)
         if out:
             transport.writelines(out)
@@ -405,7 +442,8 @@ class Session(asyncio.Protocol):
         if self._received:  # the peer is talking: no ping needed
             self._arm_keepalive()
             return
-        self._keepalive = None
+        # self._keepalive keeps the spent handle while the ping is out, so frames arriving
+        # meanwhile (the pong among them) do not arm a second timer in data_received.
         task = self._loop.create_task(self._keepalive_ping())
         task.add_done_callback(_consume_result)
 
@@ -489,6 +527,16 @@ class Session(asyncio.Protocol):
         self._pings.clear()
         if not self._closed.done():
             self._closed.set_result(None)
+
+
+def _forget(waiters: deque[asyncio.Future[Any]], waiter: asyncio.Future[Any]) -> bool:
+    """Drop the waiter of a cancelled caller; True if it had already been given a result
+    (which the caller will now never see, so it must be passed on)."""
+    try:
+        waiters.remove(waiter)
+    except ValueError:
+        pass
+    return waiter.done() and not waiter.cancelled() and waiter.exception() is None
 
 
 def _consume_result(task: asyncio.Task[None]) -> None:

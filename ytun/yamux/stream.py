@@ -210,32 +210,34 @@ class Stream(asyncio.Transport):
                 logger.exception("pause_writing() of %r failed", self._protocol)
 
     def _wants_emit(self) -> bool:
-        return bool(self._send and self._window.send_credit) or (
-            self._fin_wanted and not self._fin_sent and not self._send)
+        return not self._done and (bool(self._send and self._window.send_credit) or (
+            self._fin_wanted and not self._fin_sent and not self._send))
 
     def _emit(self, out: list[bytes | memoryview], encode_header: Any, max_payload: int) -> None:
-        """Append our sendable frames to ``out``: data within the send window, then FIN."""
+        """Append our next frames to ``out``: up to about ``max_payload`` bytes of data
+        within the send window (one frame, or several small ones), then FIN if all is sent."""
         window = self._window
         send = self._send
         stream_id = self.stream_id
-        while send and window.send_credit:
+        budget = max_payload
+        while send and window.send_credit and budget > 0:
             chunk = send[0]
             size = window.take_send(min(len(chunk), max_payload))
+            budget -= size
             if size == len(chunk):
                 send.popleft()
                 piece = chunk
             else:
                 view = chunk if type(chunk) is memoryview else memoryview(chunk)
                 piece, send[0] = view[:size], view[size:]
-            flags = FLAG_FIN if self._fin_wanted and not send else 0
             if size <= _JOIN_LIMIT:
-                out.append(encode_header(TYPE_DATA, flags, stream_id, size) + piece)
+                out.append(encode_header(TYPE_DATA, 0, stream_id, size) + piece)
             else:
-                out.append(encode_header(TYPE_DATA, flags, stream_id, size))
+                out.append(encode_header(TYPE_DATA, 0, stream_id, size))
                 out.append(piece)
             self._send_size -= size
-            if flags:
-                self._fin_sent = True
+        # FIN travels alone, never on a Data frame: hashicorp/yamux handles a Data frame's
+        # flags before its payload, so a reader there could see EOF and lose the data.
         if self._fin_wanted and not self._fin_sent and not send:
             out.append(encode_header(TYPE_WINDOW_UPDATE, FLAG_FIN, stream_id, 0))
             self._fin_sent = True

@@ -1,0 +1,57 @@
+"""Fixtures for the benchmarks (``python -m pytest benchmarks --benchmark-only``).
+
+The benchmark files are named ``test_bench_*.py`` so pytest collects them when
+``benchmarks`` is given on the command line; the default test run (``testpaths =
+["tests"]``) never sees them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from types import ModuleType
+
+import pytest
+
+from ytun import _frames_py
+from ytun.frames import NO_EXTENSIONS
+from ytun.yamux import session as session_module
+
+
+def _implementations() -> list[ModuleType]:
+    modules = [_frames_py]
+    if not NO_EXTENSIONS:
+        modules.insert(0, importlib.import_module("ytun._frames"))
+    return modules
+
+
+def _impl_id(module: ModuleType) -> str:
+    return "py" if module is _frames_py else "c"
+
+
+@pytest.fixture(params=_implementations(), ids=_impl_id)
+def codec(request: pytest.FixtureRequest) -> ModuleType:
+    """One frame-codec implementation (compiled ``c`` or pure-Python ``py``)."""
+    return request.param
+
+
+@pytest.fixture
+def impl(codec: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """Sessions created during the benchmark use ``codec``."""
+    monkeypatch.setattr(session_module, "codec", codec)
+    yield codec
+
+
+@pytest.fixture
+def throughput(benchmark):
+    """Call with the bytes one round moves, after timing: records MB/s (10**6 bytes/s) of
+    the mean and of the best round in ``extra_info``."""
+
+    def record(nbytes: int) -> None:
+        stats = getattr(benchmark, "stats", None)
+        if stats is None:  # --benchmark-disable: nothing was timed
+            return
+        benchmark.extra_info["MB/s (mean)"] = round(nbytes / stats.stats.mean / 1e6, 1)
+        benchmark.extra_info["MB/s (best)"] = round(nbytes / stats.stats.min / 1e6, 1)
+
+    return record

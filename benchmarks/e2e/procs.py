@@ -1,0 +1,277 @@
+"""Subprocesses that are always reaped: start in their own session, measure from /proc, stop.
+
+Every child runs with ``start_new_session=True``, so a shell template and whatever it
+spawns share one session id; statistics add up every process of that session and stopping
+signals the whole group (SIGTERM, then SIGKILL after a grace period). ``REGISTRY`` holds
+every live child so that ``stop_all()`` can reap them on any exit path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import resource
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+ROOT = Path(__file__).resolve().parents[2]  # the repository: `-m ytun` and `-m benchmarks`
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_SHELL_META = set(";&|<>()`$\n")
+
+
+@dataclass
+class ProcStats:
+    """A snapshot of one process session (summed over its processes)."""
+
+    cpu_s: float = 0.0  # utime + stime (+ reaped children) in seconds
+    rss_kb: int = 0  # VmRSS now
+    hwm_kb: int = 0  # VmHWM, the peak resident set
+    fds: int = 0  # open file descriptors
+    threads: int = 0
+    pids: int = 0
+
+    def as_dict(self) -> dict:
+        return {
+            "cpu_s": round(self.cpu_s, 3),
+            "rss_mb": round(self.rss_kb / 1024, 1),
+            "peak_rss_mb": round(self.hwm_kb / 1024, 1),
+            "fds": self.fds,
+            "threads": self.threads,
+            "processes": self.pids,
+        }
+
+
+def _read_pid(pid: int) -> tuple[int, float, int, int, int, int] | None:
+    """(session id, cpu seconds, VmRSS kB, VmHWM kB, fds, threads) of one pid, or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # fields[0] is state (field 3 of stat(5)); session is field 6, utime 14 ... cstime 17.
+    session = int(fields[3])
+    if fields[0] == "Z":
+        return session, 0.0, 0, 0, 0, 0
+    ticks = sum(int(value) for value in fields[11:15])
+    rss = hwm = threads = 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1])
+        elif line.startswith("VmHWM:"):
+            hwm = int(line.split()[1])
+        elif line.startswith("Threads:"):
+            threads = int(line.split()[1])
+    try:
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        fds = 0
+    return session, ticks / _CLK_TCK, rss, hwm, fds, threads
+
+
+class Proc:
+    """A child process in its own session, with its output in a log file."""
+
+    def __init__(
+        self, name: str, command: list[str] | str, log_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.command = command
+        self.log_path = log_dir / f"{name}.log"
+        self.env = env
+        self.popen: subprocess.Popen | None = None
+        self._log = None
+        self._peak_hwm_kb = 0
+
+    @property
+    def display(self) -> str:
+        return self.command if isinstance(self.command, str) else shlex.join(self.command)
+
+    def start(self) -> Proc:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        command = self.command
+        if isinstance(command, str) and not (_SHELL_META & set(command)):
+            command = "exec " + command  # no shell left in between: stats are the program's
+        self.popen = subprocess.Popen(
+            command,
+            shell=isinstance(command, str),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=self.env,
+            cwd=ROOT,
+        )
+        REGISTRY.append(self)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stats(self) -> ProcStats:
+        """Sum over every process of the child's session (a template may fork)."""
+        result = ProcStats()
+        if self.popen is None:
+            return result
+        own = _read_pid(self.pid)
+        if own is None:
+            return result
+        sid = own[0]
+        pids = [self.pid]
+        if sid == self.pid:  # our session: look for the children it spawned
+            for entry in os.listdir("/proc"):
+                if entry.isdigit() and int(entry) != self.pid:
+                    pids.append(int(entry))
+        for pid in pids:
+            info = own if pid == self.pid else _read_pid(pid)
+            if info is None or info[0] != sid:
+                continue
+            result.pids += 1
+            result.cpu_s += info[1]
+            result.rss_kb += info[2]
+            result.hwm_kb += info[3]
+            result.fds += info[4]
+            result.threads += info[5]
+        self._peak_hwm_kb = max(self._peak_hwm_kb, result.hwm_kb)
+        result.hwm_kb = self._peak_hwm_kb
+        return result
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        """SIGTERM the session's group, SIGKILL it after ``grace`` seconds; the exit status."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever is left of the group (the leader or its children) goes now.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self in REGISTRY:
+            REGISTRY.remove(self)
+        return self.popen.returncode
+
+
+REGISTRY: list[Proc] = []
+
+
+def stop_all(grace: float = 3.0) -> None:
+    for proc in reversed(list(REGISTRY)):
+        with contextlib.suppress(Exception):
+            proc.stop(grace)
+
+
+def run_bounded(
+    command: list[str], timeout: float, env: dict[str, str] | None = None
+) -> tuple[int | None, str, str]:
+    """Run a short-lived tool (wrk, hey, curl…) in its own session with a hard timeout.
+    Returns (exit status or None on timeout, stdout, stderr)."""
+    popen = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        out, err = popen.communicate(timeout=timeout)
+        return popen.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        out, err = popen.communicate()
+        return None, out.decode(errors="replace"), err.decode(errors="replace")
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
+        raise
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((LOOPBACK, port)) == 0
+
+
+def http_get(
+    port: int, host: str | None, path: str = "/", timeout: float = 2.0
+) -> tuple[int, bytes]:
+    """One GET to 127.0.0.1:port with an optional Host header: (status, body)."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    try:
+        headers = {"Host": host} if host else {}
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+class NotReady(RuntimeError):
+    pass
+
+
+def wait_until(check, procs: list[Proc], timeout: float, what: str) -> float:
+    """Poll ``check()`` until it is true; fail early if one of ``procs`` exits.
+    Returns the seconds it took."""
+    start = time.monotonic()
+    last_error = ""
+    while True:
+        for proc in procs:
+            if not proc.alive():
+                raise NotReady(
+                    f"{proc.name} exited with status {proc.popen.returncode} "
+                    f"while waiting for {what}:\n{proc.log_tail()}"
+                )
+        try:
+            if check():
+                return time.monotonic() - start
+        except (OSError, http.client.HTTPException) as exc:
+            last_error = f" (last error: {exc})"
+        if time.monotonic() - start > timeout:
+            raise NotReady(f"{what} not ready after {timeout:.0f} s{last_error}")
+        time.sleep(0.05)
+
+
+def raise_fd_limit(wanted: int = 65536) -> int:
+    """Raise RLIMIT_NOFILE (inherited by every child) so 1,000 connections fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

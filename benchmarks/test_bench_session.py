@@ -1,0 +1,97 @@
+"""Throughput of one yamux stream between two ytun sessions over loopback TCP, on uvloop,
+with the compiled (``c``) and the pure-Python (``py``) codec on both ends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from ytun.yamux import Session
+
+uvloop = pytest.importorskip("uvloop")
+
+ROUND_BYTES = 64 * 1024 * 1024
+BLOCK = b"\xa5" * (256 * 1024)
+
+
+class Sink(asyncio.Protocol):
+    """Counts what arrives and wakes the benchmark once a target is reached."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.target = 0
+        self.reached: asyncio.Future[None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.reached is not None and self.received >= self.target:
+            self.reached.set_result(None)
+            self.reached = None
+
+
+class Source(asyncio.Protocol):
+    """Writes honour the stream's flow control through pause/resume_writing."""
+
+    def __init__(self) -> None:
+        self.resumed: asyncio.Future[None] | None = None
+
+    def pause_writing(self) -> None:
+        self.resumed = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.resumed is not None:
+            self.resumed.set_result(None)
+            self.resumed = None
+
+
+async def connect() -> tuple[Session, Session, asyncio.Server, Sink]:
+    loop = asyncio.get_running_loop()
+    sink = Sink()
+    made: asyncio.Future[Session] = loop.create_future()
+
+    def server_factory() -> Session:
+        session = Session(client=False, protocol_factory=lambda: sink)
+        made.set_result(session)
+        return session
+
+    listener = await loop.create_server(server_factory, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    _, client = await loop.create_connection(lambda: Session(client=True), "127.0.0.1", port)
+    return client, await made, listener, sink
+
+
+def test_stream_throughput(benchmark, impl, throughput):
+    loop = uvloop.new_event_loop()
+    try:
+        client, server, listener, sink = loop.run_until_complete(connect())
+        stream, source = loop.run_until_complete(client.open_stream(Source))
+
+        async def transfer() -> None:
+            sink.target = sink.received + ROUND_BYTES
+            sink.reached = loop.create_future()
+            for _ in range(ROUND_BYTES // len(BLOCK)):
+                stream.write(BLOCK)
+                if source.resumed is not None:
+                    await source.resumed
+            await sink.reached
+
+        seconds: list[float] = []
+
+        def one_round() -> None:
+            started = time.perf_counter()
+            loop.run_until_complete(asyncio.wait_for(transfer(), 60))
+            seconds.append(time.perf_counter() - started)
+
+        benchmark.pedantic(one_round, rounds=5, iterations=1, warmup_rounds=1)
+        throughput(ROUND_BYTES)
+        benchmark.extra_info["MiB per round"] = ROUND_BYTES >> 20
+        assert sink.received == ROUND_BYTES * len(seconds)
+
+        client.close()
+        server.close()
+        listener.close()
+        loop.run_until_complete(listener.wait_closed())
+    finally:
+        loop.close()
