@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(
     not (ROOT / "benchmarks" / "e2e" / "__main__.py").exists()
     or not (ROOT / "ytun" / "__init__.py").exists(),
-    reason="needs the source tree (benchmarks/e2e and ytun/), e.g. not in the wheel test")
+    reason="needs the source tree (benchmarks/e2e and ytun/), e.g. not in the wheel test",
+)
 
 
 @pytest.mark.timeout(90)
@@ -28,18 +29,31 @@ def test_quick_run_measures_direct_and_tunnel(tmp_path: Path) -> None:
     out = tmp_path / "e2e"
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.e2e", "--quick", "--loadgen", "builtin",
-         "--out", str(out), "--no-chart"],
-        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.e2e",
+            "--quick",
+            "--loadgen",
+            "builtin",
+            "--out",
+            str(out),
+            "--no-chart",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
 
     data = json.loads((out / "results.json").read_text())
     assert data["aborted"] is None
     assert set(data["targets"]) == {"direct", "ytun"}
     load = [s for s in data["scenarios"] if s["kind"] in ("keepalive", "close")]
-    assert {s["id"] for s in load} == {"keepalive-c1", "keepalive-c32", "close-c1",
-                                       "close-c32"}
+    assert {s["id"] for s in load} == {"keepalive-c1", "keepalive-c32", "close-c1", "close-c32"}
     for scenario in load:
         for target in ("direct", "ytun"):
             result = scenario["results"][target]

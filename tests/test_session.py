@@ -1152,3 +1152,20 @@ async def test_wakeup_of_a_cancelled_opener_is_passed_on(impl):
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(session.open_stream(Probe), 0.001)
         assert len(session._unacked_waiters) <= 1
+
+
+async def test_awaitable_reads_larger_than_the_buffer_limit(impl):
+    """read() and readexactly() must drain what they buffer, or a paused peer never ends."""
+    async with SessionPair() as pair:
+        for size, reader in ((300_000, "read"), (700_000, "readexactly")):
+            sender = await open_connection(pair.client)
+            receiver_task = asyncio.ensure_future(accept_connection(pair.server, limit=65536))
+            payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+            sender.write(payload)
+            sender.write_eof()
+            receiver = await asyncio.wait_for(receiver_task, 5)
+            if reader == "read":
+                got = await asyncio.wait_for(receiver.read(), 10)
+            else:
+                got = await asyncio.wait_for(receiver.readexactly(size), 10)
+            assert got == payload

@@ -36,6 +36,7 @@ class ProcStats:
     fds: int = 0  # open file descriptors
     threads: int = 0
     pids: int = 0
+    tcp: dict[str, int] | None = None  # TCP sockets by state, when asked for
 
     def as_dict(self) -> dict:
         return {
@@ -45,6 +46,7 @@ class ProcStats:
             "fds": self.fds,
             "threads": self.threads,
             "processes": self.pids,
+            "tcp": self.tcp,
         }
 
 
@@ -74,6 +76,76 @@ def _read_pid(pid: int) -> tuple[int, float, int, int, int, int] | None:
     except OSError:
         fds = 0
     return session, ticks / _CLK_TCK, rss, hwm, fds, threads
+
+
+_TCP_STATES = {
+    "01": "ESTABLISHED",
+    "02": "SYN_SENT",
+    "03": "SYN_RECV",
+    "04": "FIN_WAIT1",
+    "05": "FIN_WAIT2",
+    "06": "TIME_WAIT",
+    "07": "CLOSE",
+    "08": "CLOSE_WAIT",
+    "09": "LAST_ACK",
+    "0A": "LISTEN",
+    "0B": "CLOSING",
+}
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return inodes
+    for name in names:
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{name}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    return inodes
+
+
+def tcp_states(pids: list[int]) -> dict[str, int]:
+    """TCP sockets held by ``pids``, counted by state (CLOSE_WAIT = the peer closed and the
+    process has not: the mark of a leaked connection)."""
+    inodes = set()
+    for pid in pids:
+        inodes |= _socket_inodes(pid)
+    counts: dict[str, int] = {}
+    if not inodes:
+        return counts
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[9] in inodes:
+                state = _TCP_STATES.get(fields[3], fields[3])
+                counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy since boot (user+nice+system+irq+softirq+steal)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
+
+
+def own_and_children_seconds() -> float:
+    """CPU of this process and of its reaped children (the load generators)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 class Proc:
@@ -120,7 +192,7 @@ class Proc:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
-    def stats(self) -> ProcStats:
+    def stats(self, sockets: bool = False) -> ProcStats:
         """Sum over every process of the child's session (a template may fork)."""
         result = ProcStats()
         if self.popen is None:
@@ -134,16 +206,20 @@ class Proc:
             for entry in os.listdir("/proc"):
                 if entry.isdigit() and int(entry) != self.pid:
                     pids.append(int(entry))
+        members = []
         for pid in pids:
             info = own if pid == self.pid else _read_pid(pid)
             if info is None or info[0] != sid:
                 continue
+            members.append(pid)
             result.pids += 1
             result.cpu_s += info[1]
             result.rss_kb += info[2]
             result.hwm_kb += info[3]
             result.fds += info[4]
             result.threads += info[5]
+        if sockets:
+            result.tcp = tcp_states(members)
         self._peak_hwm_kb = max(self._peak_hwm_kb, result.hwm_kb)
         result.hwm_kb = self._peak_hwm_kb
         return result

@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from .procs import (
     Proc,
     free_port,
     http_get,
+    machine_busy_seconds,
+    own_and_children_seconds,
     port_open,
     raise_fd_limit,
     run_bounded,
@@ -274,6 +277,7 @@ class Bench:
         self.events: list[str] = []
         self.aborted: str | None = None
         self.upload_file: Path | None = None
+        self._leaks: dict[str, tuple] = {}
 
     # -- processes -----------------------------------------------------------------------
 
@@ -283,8 +287,8 @@ class Bench:
             procs.extend(target.procs.values())
         return procs
 
-    def snapshot(self) -> dict[str, dict]:
-        return {proc.name: proc.stats().as_dict() for proc in self.all_procs()}
+    def snapshot(self, sockets: bool = False) -> dict[str, dict]:
+        return {proc.name: proc.stats(sockets).as_dict() for proc in self.all_procs()}
 
     def start_origin(self) -> None:
         for _attempt in range(3):
@@ -363,6 +367,8 @@ class Bench:
 
     def check_target(self, target: Target) -> None:
         """After a run: every process alive and a GET through the tunnel still answers."""
+        if self.origin is not None and not self.origin.alive():
+            raise NotReady(f"the origin exited:\n{self.origin.log_tail()}")
         if not target.tunnel or target.failure:
             return
         for proc in target.procs.values():
@@ -388,6 +394,8 @@ class Bench:
     def measure(self, scenario: Scenario, target: Target) -> dict:
         args = self.args
         before = self.snapshot()
+        busy_before, ours_before = machine_busy_seconds(), own_and_children_seconds()
+        started = time.monotonic()
         if scenario.kind in ("keepalive", "close"):
             spec = loadgen.LoadSpec(
                 target.port,
@@ -431,20 +439,62 @@ class Bench:
                 "failed": None,
             }
         time.sleep(args.pause)
-        after = self.snapshot()
+        after = self.snapshot(sockets=True)
         result["cpu_s"] = {
             name: round(after[name]["cpu_s"] - before[name]["cpu_s"], 3)
             for name in after
             if name in before
         }
         result["after"] = {
-            name: {k: stats[k] for k in ("rss_mb", "peak_rss_mb", "fds")}
+            name: {k: stats[k] for k in ("rss_mb", "peak_rss_mb", "fds", "tcp")}
             for name, stats in after.items()
         }
+        # Whatever else ran on the machine meanwhile (CI, another benchmark) makes noise.
+        wall = time.monotonic() - started
+        busy = machine_busy_seconds() - busy_before
+        ours = sum(result["cpu_s"].values()) + own_and_children_seconds() - ours_before
+        other = max(0.0, busy - ours)
+        result["machine"] = {
+            "wall_s": round(wall, 2),
+            "busy_cpu_s": round(busy, 2),
+            "other_cpu_s": round(other, 2),
+        }
+        capacity = wall * (os.cpu_count() or 1)
+        if capacity and other / capacity > 0.10:
+            self.events.append(
+                f"noise: other processes used {other / capacity:.0%} of the machine during "
+                f"{scenario.id} / {target.name} ({other:.1f} CPU s)"
+            )
+        self.check_leaks(scenario, target, after)
         if target.tunnel and result.get("requests"):
             cpu = sum(result["cpu_s"].get(p.name, 0.0) for p in target.procs.values())
             result["tunnel_cpu_us_per_request"] = round(cpu / result["requests"] * 1e6, 1)
         return result
+
+    def check_leaks(self, scenario: Scenario, target: Target, after: dict[str, dict]) -> None:
+        """Sockets the peer closed but a tunnel process still holds, and fds that grow."""
+        for proc in target.procs.values():
+            stats = after.get(proc.name)
+            if stats is None:
+                continue
+            close_wait = (stats.get("tcp") or {}).get("CLOSE_WAIT", 0)
+            base = self.base_stats.get(proc.name)
+            grown = stats["fds"] - base["fds"] if base else 0
+            if self._leaks.get(proc.name) == (close_wait, grown > 8 and stats["fds"]):
+                continue  # reported already, unchanged
+            self._leaks[proc.name] = (close_wait, grown > 8 and stats["fds"])
+            if close_wait:
+                self.events.append(
+                    f"leak? {proc.name} holds {close_wait} CLOSE_WAIT sockets "
+                    f"{self.args.pause:g} s after {scenario.id} / {target.name} "
+                    "(the peer closed, the process did not)"
+                )
+            if base and grown > 8:
+                self.events.append(
+                    f"leak? {proc.name} has {stats['fds']} open fds "
+                    f"{self.args.pause:g} s after {scenario.id} / {target.name} "
+                    f"(started with {base['fds']}; sockets {stats.get('tcp')})"
+                )
 
     def warm_up(self, target: Target) -> None:
         if self.args.warmup > 0 and {"keepalive", "close"} & set(self.args.kinds):
@@ -610,6 +660,10 @@ def main(argv: list[str] | None = None) -> int:
             status = 130
         except Abort as exc:
             bench.aborted = "time budget exceeded" if str(exc) == "SIGALRM" else f"stopped by {exc}"
+            status = 1
+        except Exception as exc:  # a bug here: still reap everything and keep what was measured
+            traceback.print_exc()
+            bench.aborted = f"error: {type(exc).__name__}: {exc}"
             status = 1
         finally:
             signal.alarm(0)

@@ -100,26 +100,36 @@ class StreamConnection(asyncio.Protocol):
 
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (everything until EOF if ``n`` < 0); ``b""`` at EOF."""
-        if n < 0:
-            while not self._eof:
+        if n >= 0:
+            while not self._chunks and not self._eof:
                 await self._wait_data()
-            if self._error is not None:
+            if not self._chunks and self._error is not None:
                 raise self._error
-            return self._take(self._size)
-        while not self._chunks and not self._eof:
+            return self._take(n)
+        parts = []
+        while True:
+            parts.append(self._take(self._size))  # taking resumes a paused peer
+            if self._eof:
+                break
             await self._wait_data()
-        if not self._chunks and self._error is not None:
+        if self._error is not None:
             raise self._error
-        return self._take(n)
+        return b"".join(parts)
 
     async def readexactly(self, n: int) -> bytes:
-        while self._size < n:
+        parts = []
+        got = 0
+        while True:
+            part = self._take(min(n - got, self._size))
+            parts.append(part)
+            got += len(part)
+            if got == n:
+                return b"".join(parts)
             if self._eof:
                 if self._error is not None:
                     raise self._error
-                raise asyncio.IncompleteReadError(self._take(self._size), n)
+                raise asyncio.IncompleteReadError(b"".join(parts), n)
             await self._wait_data()
-        return self._take(n)
 
     def write(self, data: bytes) -> None:
         self.stream.write(data)
