@@ -94,12 +94,13 @@ async def clients_on_one_server(count: int) -> dict:
                "--log-level", "warning"]
     for index in range(count):
         command += ["--host", f"c{index}.bench.local={index:08d}-memory-bench"]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    server = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE,
+                                                  stderr=subprocess.DEVNULL)
     clients: list[Client] = []
     tasks = []
     try:
         assert server.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(server.stdout.readline), 30)
+        line = await asyncio.wait_for(server.stdout.readline(), 30)
         assert b"listening" in line, line
         await asyncio.sleep(0.5)
         before = rss_kib(server.pid)
@@ -125,8 +126,8 @@ async def clients_on_one_server(count: int) -> dict:
         await asyncio.gather(*tasks, return_exceptions=True)
         server.terminate()
         try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
+            await asyncio.wait_for(server.wait(), 10)
+        except asyncio.TimeoutError:
             server.kill()
 
 
