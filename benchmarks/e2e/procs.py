@@ -129,22 +129,44 @@ def tcp_states(pids: list[int]) -> dict[str, int]:
     return counts
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all CPUs spent busy since boot (user+nice+system+irq+softirq+steal)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()
-    except OSError:
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
-    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
+def foreign_cpu(exclude_sessions: set[int]) -> dict[int, tuple[int, float]]:
+    """``{pid: (start tick, CPU seconds with reaped children)}`` of every user-space process
+    that is not ours: not this process, not its children, not in one of
+    ``exclude_sessions``, not a kernel thread (ksoftirqd does our loopback networking).
+    Key ``0`` holds the time of the snapshot in ticks since boot."""
+    me = os.getpid()
+    result: dict[int, tuple[int, float]] = {}
+    with contextlib.suppress(OSError, ValueError):
+        result[0] = (int(float(Path("/proc/uptime").read_text().split()[0]) * _CLK_TCK), 0.0)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ppid, session = int(fields[1]), int(fields[3])
+        if ppid in (me, 2) or int(entry) == 2 or session in exclude_sessions:
+            continue
+        cpu = sum(int(value) for value in fields[11:15]) / _CLK_TCK
+        result[int(entry)] = (int(fields[19]), cpu)
+    return result
 
 
-def own_and_children_seconds() -> float:
-    """CPU of this process and of its reaped children (the load generators)."""
+def foreign_delta(
+    before: dict[int, tuple[int, float]], after: dict[int, tuple[int, float]]
+) -> float:
+    """CPU the foreign processes used between two snapshots: the growth of those seen
+    twice, plus all of those started in between."""
+    since = before.get(0, (0, 0.0))[0]
     total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
+    for pid, (started, cpu) in after.items():
+        seen = before.get(pid)
+        if seen is not None and seen[0] == started:
+            total += max(0.0, cpu - seen[1])
+        elif pid and started >= since:
+            total += cpu
     return total
 
 

@@ -45,6 +45,7 @@ def short(kind: str, result: dict) -> str:
     return (
         f"{result['rps']:,.0f} req/s  p50 {_num(result.get('p50_ms'))} ms  "
         f"p99 {_num(result.get('p99_ms'))} ms{_errors(result)}"
+        + (f"  (runs {result['runs_rps']})" if result.get("runs_rps") else "")
     )
 
 
@@ -286,7 +287,9 @@ def markdown(data: dict) -> str:
     out.append(f"`{meta['command']}`")
     out.append("")
     out.append(
-        f"{meta['loadgen_version']}, {meta['duration_s']:g} s per run, "
+        f"{meta['loadgen_version']}, {meta['duration_s']:g} s per run"
+        + (f" (median of {meta['repeat']} by req/s)" if meta.get("repeat", 1) > 1 else "")
+        + ", "
         f"{meta['transfer_tool']} for transfers (median of {meta['transfer_runs']}); "
         f"{meta['cpus']} CPUs ({meta['cpu_model'] or 'unknown'}), Linux "
         f"{meta['kernel']}, Python {meta['python']}, ytun {meta['ytun_version']} "

@@ -26,10 +26,10 @@ from .procs import (
     ROOT,
     NotReady,
     Proc,
+    foreign_cpu,
+    foreign_delta,
     free_port,
     http_get,
-    machine_busy_seconds,
-    own_and_children_seconds,
     port_open,
     raise_fd_limit,
     run_bounded,
@@ -168,6 +168,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         help="seconds of unrecorded load per target before measuring (default 1)",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="load runs per scenario and target; the one with the median req/s counts (default 1)",
+    )
     parser.add_argument("--pause", type=float, help="seconds between runs (default 1)")
     parser.add_argument(
         "--ready-timeout",
@@ -205,6 +211,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for kind in args.kinds:
         if kind not in KINDS:
             parser.error(f"--scenarios: unknown kind {kind!r} (known: {', '.join(KINDS)})")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if any(c < 1 for c in args.connections):
         parser.error("--connections must be positive integers")
     if bool(args.peer_server) != bool(args.peer_client):
@@ -394,7 +402,8 @@ class Bench:
     def measure(self, scenario: Scenario, target: Target) -> dict:
         args = self.args
         before = self.snapshot()
-        busy_before, ours_before = machine_busy_seconds(), own_and_children_seconds()
+        sessions = {proc.pid for proc in self.all_procs()}
+        foreign_before = foreign_cpu(sessions)
         started = time.monotonic()
         if scenario.kind in ("keepalive", "close"):
             spec = loadgen.LoadSpec(
@@ -404,11 +413,24 @@ class Bench:
                 args.duration,
                 keepalive=scenario.kind == "keepalive",
             )
-            result = loadgen.run_load(self.tool, spec)
-            raw = self.out / "raw" / f"{scenario.id}-{target.name}.txt"
-            raw.parent.mkdir(exist_ok=True)
-            raw.write_text(result.get("command", "") + "\n\n" + result.pop("raw", ""))
-            result["output"] = str(raw.relative_to(self.out))
+            runs = []
+            for attempt in range(args.repeat):
+                run = loadgen.run_load(self.tool, spec)
+                suffix = f"-{attempt + 1}" if args.repeat > 1 else ""
+                raw = self.out / "raw" / f"{scenario.id}-{target.name}{suffix}.txt"
+                raw.parent.mkdir(exist_ok=True)
+                raw.write_text(run.get("command", "") + "\n\n" + run.pop("raw", ""))
+                run["output"] = str(raw.relative_to(self.out))
+                runs.append(run)
+                if attempt + 1 < args.repeat:
+                    time.sleep(args.pause)
+            # The run with the median req/s stands for the scenario; errors add up.
+            result = dict(sorted(runs, key=lambda r: r["rps"])[(len(runs) - 1) // 2])
+            if len(runs) > 1:
+                result["runs_rps"] = [round(r["rps"]) for r in runs]
+                result["runs_p50_ms"] = [r["p50_ms"] for r in runs]
+                result["errors"] = sum(r["errors"] or 0 for r in runs)
+                result["requests_all_runs"] = sum(r["requests"] for r in runs)
         else:
             runs = []
             for _ in range(args.transfer_runs):
@@ -451,14 +473,8 @@ class Bench:
         }
         # Whatever else ran on the machine meanwhile (CI, another benchmark) makes noise.
         wall = time.monotonic() - started
-        busy = machine_busy_seconds() - busy_before
-        ours = sum(result["cpu_s"].values()) + own_and_children_seconds() - ours_before
-        other = max(0.0, busy - ours)
-        result["machine"] = {
-            "wall_s": round(wall, 2),
-            "busy_cpu_s": round(busy, 2),
-            "other_cpu_s": round(other, 2),
-        }
+        other = foreign_delta(foreign_before, foreign_cpu(sessions))
+        result["machine"] = {"wall_s": round(wall, 2), "other_cpu_s": round(other, 2)}
         capacity = wall * (os.cpu_count() or 1)
         if capacity and other / capacity > 0.10:
             self.events.append(
@@ -466,9 +482,10 @@ class Bench:
                 f"{scenario.id} / {target.name} ({other:.1f} CPU s)"
             )
         self.check_leaks(scenario, target, after)
-        if target.tunnel and result.get("requests"):
+        requests = result.get("requests_all_runs", result.get("requests"))
+        if target.tunnel and requests:
             cpu = sum(result["cpu_s"].get(p.name, 0.0) for p in target.procs.values())
-            result["tunnel_cpu_us_per_request"] = round(cpu / result["requests"] * 1e6, 1)
+            result["tunnel_cpu_us_per_request"] = round(cpu / requests * 1e6, 1)
         return result
 
     def check_leaks(self, scenario: Scenario, target: Target, after: dict[str, dict]) -> None:
@@ -617,6 +634,7 @@ class Bench:
             "transfer_tool": "curl" if self.curl else "builtin",
             "transfer_tool_version": loadgen.tool_version("curl" if self.curl else "builtin"),
             "duration_s": self.args.duration,
+            "repeat": self.args.repeat,
             "connections": self.args.connections,
             "transfer_bytes": int(self.args.transfer_mib * 1024 * 1024),
             "transfer_runs": self.args.transfer_runs,
@@ -632,7 +650,7 @@ class Bench:
 
 def budget_seconds(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
     targets = 3 if args.peer_server else 2
-    per_run = args.duration + args.pause + 40
+    per_run = (args.duration + args.pause + 40) * args.repeat
     transfers = args.transfer_runs * 150
     runs = sum(per_run if s.kind in ("keepalive", "close") else transfers for s in scenarios)
     return int(targets * (runs + args.warmup + 40) + 4 * args.ready_timeout + 120)
