@@ -51,8 +51,9 @@ async def streams_on_one_session(count: int) -> dict:
 
     listener = await loop.create_server(server_side, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
-    _, client = await loop.create_connection(lambda: Session(client=True, config=config),
-                                             "127.0.0.1", port)
+    _, client = await loop.create_connection(
+        lambda: Session(client=True, config=config), "127.0.0.1", port
+    )
     server = await asyncio.wait_for(made, 5)
     await asyncio.sleep(0.2)
     before = rss_kib()
@@ -71,11 +72,15 @@ async def streams_on_one_session(count: int) -> dict:
         assert await asyncio.wait_for(connection.readexactly(4), 10) == b"pong"
     elapsed = time.perf_counter() - started
     after = rss_kib()
-    result = {"streams": count, "open_streams_client": client.stream_count,
-              "open_streams_server": server.stream_count, "rss_before_kib": before,
-              "rss_after_kib": after,
-              "bytes_per_stream_pair": round((after - before) * 1024 / count),
-              "seconds_to_open": round(elapsed, 2)}
+    result = {
+        "streams": count,
+        "open_streams_client": client.stream_count,
+        "open_streams_server": server.stream_count,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "bytes_per_stream_pair": round((after - before) * 1024 / count),
+        "seconds_to_open": round(elapsed, 2),
+    }
     client.abort()
     server.abort()
     listener.close()
@@ -90,12 +95,21 @@ def free_port() -> int:
 
 async def clients_on_one_server(count: int) -> dict:
     port = free_port()
-    command = [sys.executable, "-m", "ytun", "server", "--listen", f"127.0.0.1:{port}",
-               "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "ytun",
+        "server",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "warning",
+    ]
     for index in range(count):
         command += ["--host", f"c{index}.bench.local={index:08d}-memory-bench"]
-    server = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE,
-                                                  stderr=subprocess.DEVNULL)
+    server = await asyncio.create_subprocess_exec(
+        *command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
     clients: list[Client] = []
     tasks = []
     try:
@@ -106,8 +120,9 @@ async def clients_on_one_server(count: int) -> dict:
         before = rss_kib(server.pid)
         started = time.perf_counter()
         for index in range(count):
-            client = Client(f"127.0.0.1:{port}", f"{index:08d}-memory-bench",
-                            local_addr="127.0.0.1:9")
+            client = Client(
+                f"127.0.0.1:{port}", f"{index:08d}-memory-bench", local_addr="127.0.0.1:9"
+            )
             clients.append(client)
             tasks.append(asyncio.ensure_future(client.start()))
             if index % 50 == 49:
@@ -116,9 +131,13 @@ async def clients_on_one_server(count: int) -> dict:
         elapsed = time.perf_counter() - started
         await asyncio.sleep(0.5)
         after = rss_kib(server.pid)
-        return {"clients": count, "server_rss_before_kib": before, "server_rss_after_kib": after,
-                "server_bytes_per_client": round((after - before) * 1024 / count),
-                "seconds_to_connect": round(elapsed, 2)}
+        return {
+            "clients": count,
+            "server_rss_before_kib": before,
+            "server_rss_after_kib": after,
+            "server_bytes_per_client": round((after - before) * 1024 / count),
+            "seconds_to_connect": round(elapsed, 2),
+        }
     finally:
         await asyncio.gather(*(c.close(grace=0.1) for c in clients), return_exceptions=True)
         for task in tasks:

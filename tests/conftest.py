@@ -24,17 +24,20 @@ except ImportError:  # not on every platform
 LOOP_ERRORS: list[dict] = []
 
 
-def _recording(factory: Callable[[], asyncio.AbstractEventLoop]
-               ) -> Callable[[], asyncio.AbstractEventLoop]:
+def _recording(
+    factory: Callable[[], asyncio.AbstractEventLoop],
+) -> Callable[[], asyncio.AbstractEventLoop]:
     def make() -> asyncio.AbstractEventLoop:
         loop = factory()
         loop.set_exception_handler(lambda _loop, context: LOOP_ERRORS.append(context))
         return loop
+
     return make
 
 
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item
-                                  ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     factories = {"asyncio": _recording(asyncio.new_event_loop)}
     if uvloop is not None:
         factories["uvloop"] = _recording(uvloop.new_event_loop)

@@ -26,9 +26,19 @@ STOP = 5  # seconds a signalled process may take to exit
 CURL = shutil.which("curl")
 
 # The subprocesses import the same ytun as this test run.
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
-    filter(None, [str(pathlib.Path(ytun.__file__).resolve().parent.parent),
-                  os.environ.get("PYTHONPATH")])), PYTHONUNBUFFERED="1")
+ENV = dict(
+    os.environ,
+    PYTHONPATH=os.pathsep.join(
+        filter(
+            None,
+            [
+                str(pathlib.Path(ytun.__file__).resolve().parent.parent),
+                os.environ.get("PYTHONPATH"),
+            ],
+        )
+    ),
+    PYTHONUNBUFFERED="1",
+)
 
 
 def free_port() -> int:
@@ -43,16 +53,24 @@ class Ytun:
     def __init__(self, *args: str) -> None:
         self.args = args
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ytun", *args], stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+            [sys.executable, "-m", "ytun", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self._changed = threading.Condition()
         self._readers = [
-            threading.Thread(target=self._read, args=(self.process.stdout, self.stdout),
-                             daemon=True),
-            threading.Thread(target=self._read, args=(self.process.stderr, self.stderr),
-                             daemon=True)]
+            threading.Thread(
+                target=self._read, args=(self.process.stdout, self.stdout), daemon=True
+            ),
+            threading.Thread(
+                target=self._read, args=(self.process.stderr, self.stderr), daemon=True
+            ),
+        ]
         for reader in self._readers:
             reader.start()
 
@@ -73,11 +91,13 @@ class Ytun:
                     if text in line:
                         return line
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.process.poll() is not None
-                                      and not any(r.is_alive() for r in self._readers)):
+                if remaining <= 0 or (
+                    self.process.poll() is not None and not any(r.is_alive() for r in self._readers)
+                ):
                     raise AssertionError(
                         f"{text!r} not seen from ytun {' '.join(self.args)} "
-                        f"(exit {self.process.poll()}):\n{self.output()}")
+                        f"(exit {self.process.poll()}):\n{self.output()}"
+                    )
                 self._changed.wait(min(remaining, 0.1))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP) -> tuple[int, float]:
@@ -170,19 +190,31 @@ def tcp_echo() -> Iterator[int]:
 def curl(url: str, host: str) -> str:
     if CURL is None:
         pytest.skip("curl is not installed")
-    result = subprocess.run([CURL, "-s", "--noproxy", "*", "--max-time", "10", "-H",
-                             f"Host: {host}", url], capture_output=True, timeout=15, check=False)
+    result = subprocess.run(
+        [CURL, "-s", "--noproxy", "*", "--max-time", "10", "-H", f"Host: {host}", url],
+        capture_output=True,
+        timeout=15,
+        check=False,
+    )
     assert result.returncode == 0, result
     return result.stdout.decode()
 
 
-def start_pair(ytun_cli, port: int, *client_args: str, server_args: tuple[str, ...] = ()
-               ) -> tuple[Ytun, Ytun]:
-    server = ytun_cli("server", "--listen", f"127.0.0.1:{port}",
-                      "--host", f"app.test:{port}={SECRET}", *server_args)
+def start_pair(
+    ytun_cli, port: int, *client_args: str, server_args: tuple[str, ...] = ()
+) -> tuple[Ytun, Ytun]:
+    server = ytun_cli(
+        "server",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--host",
+        f"app.test:{port}={SECRET}",
+        *server_args,
+    )
     server.wait_for(server.stdout, f"ytun server listening on http://127.0.0.1:{port}")
-    client = ytun_cli("client", "--server", f"127.0.0.1:{port}", "--identifier", SECRET,
-                      *client_args)
+    client = ytun_cli(
+        "client", "--server", f"127.0.0.1:{port}", "--identifier", SECRET, *client_args
+    )
     client.wait_for(client.stderr, "tunnel connected")
     server.wait_for(server.stderr, "client for app.test")
     return server, client
@@ -209,7 +241,8 @@ def test_http_through_server_and_client(ytun_cli, origin, sig):
     assert "ytun.access" in access
     # An unknown host is answered by the server itself.
     assert curl(f"http://127.0.0.1:{port}/", "nobody.test").startswith(
-        'no virtual host available for "nobody.test"')
+        'no virtual host available for "nobody.test"'
+    )
 
     code, took = client.stop(sig)
     assert (code, took < STOP) == (0, True)
@@ -226,20 +259,27 @@ def test_client_without_local_uses_the_public_host_port(ytun_cli, origin):
     if CURL is None:
         pytest.skip("curl is not installed")
     other = free_port()
-    server = ytun_cli("server", "--listen", f"127.0.0.1:{other}",
-                      "--host", f"app.test:{origin}={SECRET}")
+    server = ytun_cli(
+        "server", "--listen", f"127.0.0.1:{other}", "--host", f"app.test:{origin}={SECRET}"
+    )
     server.wait_for(server.stdout, "ytun server listening on")
     client = ytun_cli("client", "--server", f"127.0.0.1:{other}", "--identifier", SECRET)
     client.wait_for(client.stderr, "tunnel connected")
     server.wait_for(server.stderr, "client for app.test")
     assert curl(f"http://127.0.0.1:{other}/y", f"app.test:{origin}") == (
-        f"origin says /y to app.test:{origin}")
+        f"origin says /y to app.test:{origin}"
+    )
 
 
 def test_tcp_flags_tunnel_a_tcp_echo(ytun_cli, tcp_echo):
     port, tcp_port = free_port(), free_port()
-    server, _ = start_pair(ytun_cli, port, "--tcp-local", f"{tcp_port}=127.0.0.1:{tcp_echo}",
-                           server_args=("--tcp", f"127.0.0.1:{tcp_port}={SECRET}"))
+    server, _ = start_pair(
+        ytun_cli,
+        port,
+        "--tcp-local",
+        f"{tcp_port}=127.0.0.1:{tcp_echo}",
+        server_args=("--tcp", f"127.0.0.1:{tcp_port}={SECRET}"),
+    )
     server.wait_for(server.stderr, f"tunnelling TCP on 127.0.0.1:{tcp_port}")
     with socket.create_connection(("127.0.0.1", tcp_port), timeout=10) as conn:
         reader = conn.makefile("rb")
@@ -262,16 +302,34 @@ def test_client_stops_promptly_while_it_cannot_reach_the_server(ytun_cli):
 # -- errors ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args", [
-    ("server", "--listen", "127.0.0.1:{port}", "--host", "bad"),
-    ("server", "--listen", "127.0.0.1:{port}", "--host", "a.test=ID", "--tcp", "nonsense"),
-    ("server", "--listen", "no-port", "--host", "a.test=ID"),
-    ("client", "--server", "127.0.0.1:{port}", "--identifier", "ID", "--tcp-local",
-     "x=127.0.0.1:1"),
-    ("client", "--server", "127.0.0.1:{port}", "--identifier", "ID", "--tcp-local",
-     "7000=no-port"),
-    ("client", "--server", "127.0.0.1", "--identifier", "ID"),
-], ids=["host", "tcp", "listen", "tcp-local-port", "tcp-local-addr", "server"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("server", "--listen", "127.0.0.1:{port}", "--host", "bad"),
+        ("server", "--listen", "127.0.0.1:{port}", "--host", "a.test=ID", "--tcp", "nonsense"),
+        ("server", "--listen", "no-port", "--host", "a.test=ID"),
+        (
+            "client",
+            "--server",
+            "127.0.0.1:{port}",
+            "--identifier",
+            "ID",
+            "--tcp-local",
+            "x=127.0.0.1:1",
+        ),
+        (
+            "client",
+            "--server",
+            "127.0.0.1:{port}",
+            "--identifier",
+            "ID",
+            "--tcp-local",
+            "7000=no-port",
+        ),
+        ("client", "--server", "127.0.0.1", "--identifier", "ID"),
+    ],
+    ids=["host", "tcp", "listen", "tcp-local-port", "tcp-local-addr", "server"],
+)
 def test_bad_flags_exit_2_with_one_line(ytun_cli, args):
     port = free_port()
     process = ytun_cli(*(arg.format(port=port) for arg in args))
@@ -295,8 +353,9 @@ def test_busy_port_exits_with_one_line(ytun_cli, command):
         busy.listen()
         port = busy.getsockname()[1]
         if command == "server":
-            process = ytun_cli("server", "--listen", f"127.0.0.1:{port}",
-                               "--host", f"a.test={SECRET}")
+            process = ytun_cli(
+                "server", "--listen", f"127.0.0.1:{port}", "--host", f"a.test={SECRET}"
+            )
         else:
             process = ytun_cli("demo", "--port", str(port))
         code = process.finish(STARTUP)

@@ -27,8 +27,14 @@ from ytun import client as client_module
 from ytun.client import RedialAbortedError, TunnelError
 
 TIMEOUT = 10
-U, S, C, OK, D, X = (ClientState.UNKNOWN, ClientState.STARTED, ClientState.CONNECTING,
-                     ClientState.CONNECTED, ClientState.DISCONNECTED, ClientState.CLOSED)
+U, S, C, OK, D, X = (
+    ClientState.UNKNOWN,
+    ClientState.STARTED,
+    ClientState.CONNECTING,
+    ClientState.CONNECTED,
+    ClientState.DISCONNECTED,
+    ClientState.CLOSED,
+)
 FAST = {"backoff": ExponentialBackoff(initial=0.02, maximum=0.1)}
 
 
@@ -40,6 +46,7 @@ async def wait_for_condition(condition: Callable[[], bool], timeout: float = 5) 
     async def poll() -> None:
         while not condition():
             await asyncio.sleep(0.01)
+
     await asyncio.wait_for(poll(), timeout)
 
 
@@ -61,9 +68,14 @@ async def tunnel_server(**kwargs) -> AsyncIterator[tuple[Server, int]]:
 
 
 async def get_echo(tunnel: Tunnel, text: str) -> str:
-    async with aiohttp.ClientSession() as http, http.get(
-            f"{tunnel.url}/?echo={text}", headers={"Host": tunnel.host},
-            timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{tunnel.url}/?echo={text}",
+            headers={"Host": tunnel.host},
+            timeout=aiohttp.ClientTimeout(total=TIMEOUT),
+        ) as response,
+    ):
         assert response.status == 200
         return await response.text()
 
@@ -112,14 +124,16 @@ async def test_server_states_and_callbacks():
     async with tunnel:
         assert events == ["connect"]
         assert [(c.previous, c.current) for c in server_changes] == [
-            (ServerState.UNKNOWN, ServerState.CONNECTED)]
+            (ServerState.UNKNOWN, ServerState.CONNECTED)
+        ]
         assert server_changes[0].label == tunnel.host
         await tunnel.client.close(grace=1)
         await asyncio.wait_for(tunnel.client_task, TIMEOUT)
         await wait_for_condition(lambda: events == ["connect", "disconnect"])
         assert [(c.previous, c.current) for c in server_changes] == [
             (ServerState.UNKNOWN, ServerState.CONNECTED),
-            (ServerState.CONNECTED, ServerState.CLOSED)]
+            (ServerState.CONNECTED, ServerState.CLOSED),
+        ]
         assert all(c.label == tunnel.host for c in server_changes)
         assert tunnel.identifier not in repr(server_changes)
 
@@ -159,15 +173,19 @@ class GiveUp:
         self.resets += 1
 
 
-@pytest.mark.parametrize("backoff", [lambda: ExponentialBackoff(max_attempts=0), GiveUp],
-                         ids=["max_attempts_0", "next_delay_none"])
+@pytest.mark.parametrize(
+    "backoff",
+    [lambda: ExponentialBackoff(max_attempts=0), GiveUp],
+    ids=["max_attempts_0", "next_delay_none"],
+)
 async def test_no_host_gives_up(backoff):
     server_changes = []
     async with tunnel_server(on_state_change=server_changes.append) as (server, port):
         server.add_host("someone-else.test", "OTHER")
         changes: list[ClientStateChange] = []
-        client = Client(f"127.0.0.1:{port}", "UNKNOWN-SECRET", backoff=backoff(),
-                        on_state_change=changes.append)
+        client = Client(
+            f"127.0.0.1:{port}", "UNKNOWN-SECRET", backoff=backoff(), on_state_change=changes.append
+        )
         await asyncio.wait_for(client.start(), TIMEOUT)
         assert client.state is X
         assert pairs(changes) == [(U, S), (S, C), (C, C), (C, X)]
@@ -178,7 +196,8 @@ async def test_no_host_gives_up(backoff):
         assert "UNKNOWN-SECRET" not in str(refused)
         assert isinstance(changes[-1].error, RedialAbortedError)
         assert [(c.previous, c.current) for c in server_changes] == [
-            (ServerState.UNKNOWN, ServerState.CLOSED)]
+            (ServerState.UNKNOWN, ServerState.CLOSED)
+        ]
         assert "UNKNOWN-SECRET" not in repr(server_changes)
         if isinstance(client.backoff, GiveUp):
             assert client.backoff.asked == 1
@@ -186,8 +205,12 @@ async def test_no_host_gives_up(backoff):
 
 async def test_unreachable_server_with_a_limited_backoff():
     changes: list[ClientStateChange] = []
-    client = Client(dead_address(), "X", on_state_change=changes.append,
-                    backoff=ExponentialBackoff(initial=0.01, max_attempts=3))
+    client = Client(
+        dead_address(),
+        "X",
+        on_state_change=changes.append,
+        backoff=ExponentialBackoff(initial=0.01, max_attempts=3),
+    )
     await asyncio.wait_for(client.start(), TIMEOUT)
     assert pairs(changes) == [(U, S), (S, C), (C, C), (C, C), (C, C), (C, C), (C, X)]
     assert all(isinstance(c.error, OSError) for c in changes[2:6])
@@ -248,8 +271,9 @@ async def test_fetch_callables_are_asked_on_every_attempt(kind):
             return identifier()
 
         if kind == "async":
-            client = Client(fetch_server_addr=async_server_addr,
-                            fetch_identifier=async_identifier, **FAST)
+            client = Client(
+                fetch_server_addr=async_server_addr, fetch_identifier=async_identifier, **FAST
+            )
         else:
             client = Client(fetch_server_addr=server_addr, fetch_identifier=identifier, **FAST)
         task = asyncio.ensure_future(client.start())
@@ -258,8 +282,7 @@ async def test_fetch_callables_are_asked_on_every_attempt(kind):
             assert asked == {"addr": 3, "id": 3}
             await wait_for_condition(lambda: server.is_connected("FETCHED-ID"))
             server._links["FETCHED-ID"].session.abort()  # one more attempt
-            await wait_for_condition(lambda: asked == {"addr": 4, "id": 4}
-                                     and client.state is OK)
+            await wait_for_condition(lambda: asked == {"addr": 4, "id": 4} and client.state is OK)
         finally:
             await client.close(grace=1)
             await asyncio.wait_for(task, TIMEOUT)
@@ -271,10 +294,14 @@ async def test_fetch_callables_are_asked_on_every_attempt(kind):
 def test_exponential_backoff_defaults_and_growth(monkeypatch):
     backoff = ExponentialBackoff()
     assert (backoff.initial, backoff.multiplier, backoff.maximum, backoff.jitter) == (
-        0.5, 1.5, 60.0, 0.5)
+        0.5,
+        1.5,
+        60.0,
+        0.5,
+    )
     assert backoff.max_attempts is None
     monkeypatch.setattr(client_module.random, "random", lambda: 0.5)  # no jitter
-    expected = [min(0.5 * 1.5 ** i, 60.0) for i in range(20)]
+    expected = [min(0.5 * 1.5**i, 60.0) for i in range(20)]
     assert [backoff.next_delay() for _ in range(20)] == pytest.approx(expected)
     assert expected[-1] == 60.0 and expected[8] < 60.0
     backoff.reset()
@@ -286,7 +313,7 @@ def test_exponential_backoff_jitter_stays_within_half(monkeypatch):
         monkeypatch.setattr(client_module.random, "random", lambda value=value: value)
         backoff = ExponentialBackoff(maximum=5.0)
         delays = [backoff.next_delay() for _ in range(10)]
-        intervals = [min(0.5 * 1.5 ** i, 5.0) for i in range(10)]
+        intervals = [min(0.5 * 1.5**i, 5.0) for i in range(10)]
         assert delays == pytest.approx([i * factor for i in intervals], rel=1e-5)
     monkeypatch.undo()
     samples = []
@@ -312,16 +339,27 @@ def test_exponential_backoff_max_attempts():
 # -- construction ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs", [
-    {},
-    {"identifier": "ID"},
-    {"server_addr": "127.0.0.1:1"},
-    {"fetch_identifier": lambda: "ID"},
-    {"fetch_server_addr": lambda: "127.0.0.1:1"},
-    {"server_addr": "", "identifier": "ID"},
-    {"server_addr": "127.0.0.1:1", "identifier": ""},
-], ids=["nothing", "no-server", "no-identifier", "fetch-id-only", "fetch-addr-only",
-        "empty-server", "empty-identifier"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"identifier": "ID"},
+        {"server_addr": "127.0.0.1:1"},
+        {"fetch_identifier": lambda: "ID"},
+        {"fetch_server_addr": lambda: "127.0.0.1:1"},
+        {"server_addr": "", "identifier": "ID"},
+        {"server_addr": "127.0.0.1:1", "identifier": ""},
+    ],
+    ids=[
+        "nothing",
+        "no-server",
+        "no-identifier",
+        "fetch-id-only",
+        "fetch-addr-only",
+        "empty-server",
+        "empty-identifier",
+    ],
+)
 def test_constructor_errors(kwargs):
     with pytest.raises(ValueError):
         Client(**kwargs)
@@ -338,8 +376,12 @@ def test_constructor_accepts_fetchers_instead_of_values():
 
 async def test_close_while_waiting_to_redial_returns_promptly():
     changes: list[ClientStateChange] = []
-    client = Client(dead_address(), "X", on_state_change=changes.append,
-                    backoff=ExponentialBackoff(initial=30, jitter=0))
+    client = Client(
+        dead_address(),
+        "X",
+        on_state_change=changes.append,
+        backoff=ExponentialBackoff(initial=30, jitter=0),
+    )
     task = asyncio.ensure_future(client.start())
     try:
         await wait_for_condition(lambda: pairs(changes)[-1:] == [(C, C)])
@@ -355,8 +397,12 @@ async def test_close_while_waiting_to_redial_returns_promptly():
 
 async def test_close_after_the_server_went_away_returns_promptly():
     changes: list[ClientStateChange] = []
-    tunnel = Tunnel(client_kwargs={"on_state_change": changes.append,
-                                   "backoff": ExponentialBackoff(initial=30, jitter=0)})
+    tunnel = Tunnel(
+        client_kwargs={
+            "on_state_change": changes.append,
+            "backoff": ExponentialBackoff(initial=30, jitter=0),
+        }
+    )
     async with tunnel:
         await tunnel.server.close(grace=0)
         await wait_for_condition(lambda: pairs(changes)[-1:] == [(D, C)])
@@ -413,8 +459,9 @@ async def test_close_while_fetching_the_identifier_never_connects():
             return "SLOW-ID"
 
         changes: list[ClientStateChange] = []
-        client = Client(f"127.0.0.1:{port}", fetch_identifier=identifier,
-                        on_state_change=changes.append, **FAST)
+        client = Client(
+            f"127.0.0.1:{port}", fetch_identifier=identifier, on_state_change=changes.append, **FAST
+        )
         task = asyncio.ensure_future(client.start())
         try:
             await asyncio.wait_for(fetching.wait(), TIMEOUT)

@@ -41,8 +41,11 @@ def pattern(size: int, seed: int = 0) -> bytes:
 
 
 def window_updates(frames: list[Frame], stream_id: int) -> list[int]:
-    return [f.length for f in frames
-            if f.type == WINDOW and f.stream_id == stream_id and not f.flags & (SYN | RST)]
+    return [
+        f.length
+        for f in frames
+        if f.type == WINDOW and f.stream_id == stream_id and not f.flags & (SYN | RST)
+    ]
 
 
 class Echo(asyncio.Protocol):
@@ -111,7 +114,7 @@ async def test_send_window_limits_data_in_flight(impl):
         assert not [f for f in await settle(peer) if f.type == DATA]
         peer.send(frame(WINDOW, 0, 1, 100))
         data, _ = await read_data(peer, 1, 100)
-        assert data == payload[INITIAL_WINDOW:INITIAL_WINDOW + 100]
+        assert data == payload[INITIAL_WINDOW : INITIAL_WINDOW + 100]
         assert not [f for f in await settle(peer) if f.type == DATA]
         assert stream.get_write_buffer_size() == len(payload) - INITIAL_WINDOW - 100
 
@@ -132,8 +135,7 @@ async def test_send_window_may_reach_but_not_pass_the_32_bit_limit(impl):
 @pytest.mark.parametrize("max_payload", [1000, 16 * 1024, 64 * 1024])
 async def test_data_frames_never_exceed_max_frame_payload(impl, max_payload):
     """36: outgoing Data is split at max_frame_payload, in order, whatever the writes."""
-    async with RawPeer(session_is_client=True,
-                       config=fast(max_frame_payload=max_payload)) as peer:
+    async with RawPeer(session_is_client=True, config=fast(max_frame_payload=max_payload)) as peer:
         stream, _ = await peer.session.open_stream(Probe)
         payload = pattern(200_000, 1)
         for start, end in ((0, 1), (1, 150_001), (150_001, 150_500), (150_500, 200_000)):
@@ -223,7 +225,7 @@ async def test_exhausted_peer_window_pauses_the_protocol(impl):
         stream, probe = await peer.session.open_stream(Probe)
         payload = pattern(INITIAL_WINDOW + 100_000, 2)
         for start in range(0, len(payload), 10_000):
-            stream.write(payload[start:start + 10_000])
+            stream.write(payload[start : start + 10_000])
         assert probe.pauses == 1
         data, _ = await read_data(peer, 1, INITIAL_WINDOW)
         await settle(peer)
@@ -247,7 +249,8 @@ async def test_paused_reader_stops_the_peer(impl):
     async with SessionPair(config, config) as pair:
         stream, writer = await pair.client.open_stream(Probe)
         far_stream, reader = await asyncio.wait_for(
-            pair.server.accept_stream(lambda: Probe(paused=True)), 5)
+            pair.server.accept_stream(lambda: Probe(paused=True)), 5
+        )
         payload = pattern(1024 * 1024, 3)
         stream.write(payload)
         await until(lambda: far_stream._window.buffered == INITIAL_WINDOW)
@@ -325,8 +328,9 @@ async def test_bulk_transfer_both_directions_with_checksums(impl):
             assert received == size
             return digest.hexdigest()
 
-        sent_up, sent_down, got_up, got_down = await asyncio.wait_for(asyncio.gather(
-            send(near, 1), send(far, 2), receive(far, 3), receive(near, 4)), 30)
+        sent_up, sent_down, got_up, got_down = await asyncio.wait_for(
+            asyncio.gather(send(near, 1), send(far, 2), receive(far, 3), receive(near, 4)), 30
+        )
         assert (got_up, got_down) == (sent_up, sent_down)
         await asyncio.wait_for(asyncio.gather(near.wait_closed(), far.wait_closed()), 5)
         assert pair.client.stream_count == pair.server.stream_count == 0
@@ -338,7 +342,8 @@ async def test_stalled_stream_does_not_stall_the_session(impl):
     async with SessionPair(fast(), fast()) as pair:
         near, near_probe = await pair.client.open_stream(lambda: Probe(paused=True))
         far, far_probe = await asyncio.wait_for(
-            pair.server.accept_stream(lambda: Probe(paused=True)), 5)
+            pair.server.accept_stream(lambda: Probe(paused=True)), 5
+        )
         near.write(pattern(1024 * 1024, 5))
         far.write(pattern(1024 * 1024, 6))
         await until(lambda: near._window.buffered == far._window.buffered == INITIAL_WINDOW)
@@ -365,8 +370,9 @@ async def test_thousand_concurrent_streams(impl):
         echo = await serve(pair.server)
         try:
             payloads = [b"%d:" % i + pattern(i % 700, i) for i in range(1000)]
-            replies = await asyncio.wait_for(asyncio.gather(
-                *(request(pair.client, payload) for payload in payloads)), 30)
+            replies = await asyncio.wait_for(
+                asyncio.gather(*(request(pair.client, payload) for payload in payloads)), 30
+            )
             assert replies == payloads
         finally:
             await stop(echo)
@@ -421,8 +427,9 @@ async def test_transport_backpressure_pauses_stream_writers(impl):
     """49: when the connection's write buffer is full, stream data stays queued, the
     stream's writer is paused (drain waits) and memory stays bounded; everything
     arrives once the peer reads again."""
-    config = fast(transport_write_high=64 * 1024, stream_write_high=128 * 1024,
-                  stream_write_low=32 * 1024)
+    config = fast(
+        transport_write_high=64 * 1024, stream_write_high=128 * 1024, stream_write_low=32 * 1024
+    )
     async with RawPeer(session_is_client=True, config=config) as peer:
         session = peer.session
         conn = await open_connection(session)
@@ -474,15 +481,17 @@ async def test_unread_stream_does_not_delay_others(impl):
     async with SessionPair(fast(), fast()) as pair:
         stuck, stuck_probe = await pair.client.open_stream(Probe)
         far, far_probe = await asyncio.wait_for(
-            pair.server.accept_stream(lambda: Probe(paused=True)), 5)
+            pair.server.accept_stream(lambda: Probe(paused=True)), 5
+        )
         stuck.write(pattern(4 * 1024 * 1024, 10))
         await until(lambda: far._window.buffered == INITIAL_WINDOW)
         echo = await serve(pair.server)
         try:
             loop = asyncio.get_running_loop()
             started = loop.time()
-            replies = await asyncio.wait_for(asyncio.gather(
-                *(request(pair.client, b"req %d" % i) for i in range(50))), 10)
+            replies = await asyncio.wait_for(
+                asyncio.gather(*(request(pair.client, b"req %d" % i) for i in range(50))), 10
+            )
             assert replies == [b"req %d" % i for i in range(50)]
             assert loop.time() - started < 5
         finally:

@@ -37,7 +37,8 @@ class Recorder:
 def test_header_vectors(codec):
     assert codec.encode_header(0, 1, 1, 5) == bytes.fromhex("000000010000000100000005")
     assert codec.encode_header(1, 0x0102, 0x01020304, 0xA0B0C0D0) == bytes.fromhex(
-        "000101020102030 4a0b0c0d0".replace(" ", ""))
+        "000101020102030 4a0b0c0d0".replace(" ", "")
+    )
     assert codec.encode_header(3, 0, 0, 2) == bytes.fromhex("000300000000000000000002")
 
 
@@ -48,8 +49,17 @@ def test_round_trip_every_type_and_flag(codec, frame_type, flags):
     assert codec.decode_header(header) == (0, frame_type, flags, 0xFFFFFFFF, 0x12345678)
 
 
-@pytest.mark.parametrize("fields", [(-1, 0, 0, 0), (256, 0, 0, 0), (0, 0x10000, 0, 0),
-                                    (0, 0, 1 << 32, 0), (0, 0, 0, -1), (0, 0, 0, 1 << 32)])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        (-1, 0, 0, 0),
+        (256, 0, 0, 0),
+        (0, 0x10000, 0, 0),
+        (0, 0, 1 << 32, 0),
+        (0, 0, 0, -1),
+        (0, 0, 0, 1 << 32),
+    ],
+)
 def test_encode_rejects_out_of_range(codec, fields):
     with pytest.raises((ValueError, OverflowError)):
         codec.encode_header(*fields)
@@ -122,20 +132,24 @@ def test_unknown_flag_bits_are_passed_through(codec):
 
 def test_rst_data_body_is_consumed(codec):
     recorder = Recorder()
-    codec.FrameParser(recorder).feed(codec.encode_frame(0, 8, 1, b"junk")
-                                     + codec.encode_header(2, 1, 0, 5))
+    codec.FrameParser(recorder).feed(
+        codec.encode_frame(0, 8, 1, b"junk") + codec.encode_header(2, 1, 0, 5)
+    )
     assert recorder.frames == [("data", 1, 8, b"junk"), ("ping", 1, 5)]
 
 
-@pytest.mark.parametrize(("header", "message"), [
-    (struct.pack(">BBHII", 1, 0, 0, 1, 0), "version"),
-    (struct.pack(">BBHII", 0, 4, 0, 1, 0), "unknown frame type"),
-    (struct.pack(">BBHII", 0, 255, 0, 1, 0), "unknown frame type"),
-    (struct.pack(">BBHII", 0, 0, 0, 0, 0), "stream 0"),
-    (struct.pack(">BBHII", 0, 1, 1, 0, 0), "stream 0"),
-    (struct.pack(">BBHII", 0, 2, 1, 3, 0), "other than 0"),
-    (struct.pack(">BBHII", 0, 3, 0, 3, 0), "other than 0"),
-])
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (struct.pack(">BBHII", 1, 0, 0, 1, 0), "version"),
+        (struct.pack(">BBHII", 0, 4, 0, 1, 0), "unknown frame type"),
+        (struct.pack(">BBHII", 0, 255, 0, 1, 0), "unknown frame type"),
+        (struct.pack(">BBHII", 0, 0, 0, 0, 0), "stream 0"),
+        (struct.pack(">BBHII", 0, 1, 1, 0, 0), "stream 0"),
+        (struct.pack(">BBHII", 0, 2, 1, 3, 0), "other than 0"),
+        (struct.pack(">BBHII", 0, 3, 0, 3, 0), "other than 0"),
+    ],
+)
 def test_protocol_errors_stop_the_parser(codec, header, message):
     recorder = Recorder()
     parser = codec.FrameParser(recorder)
@@ -171,6 +185,7 @@ def test_handler_exception_stops_the_parser(codec):
 
 
 # -- flow windows ------------------------------------------------------------------------
+
 
 def test_send_window(codec):
     window = codec.FlowWindow()

@@ -43,8 +43,12 @@ def test_twins_expose_the_same_names():
 
 def test_stub_declares_every_public_name():
     tree = ast.parse(STUB.read_text())
-    declared = {node.name for node in tree.body
-                if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
-    declared |= {node.target.id for node in tree.body
-                 if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
+    declared = {
+        node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+    }
+    declared |= {
+        node.target.id
+        for node in tree.body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    }
     assert _public(_frames_py) <= declared

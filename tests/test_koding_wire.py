@@ -31,9 +31,13 @@ NO_LOCAL_SERVER = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 15\r\n\r
 
 def go_connect(host: str, identifier: str) -> bytes:
     """The CONNECT the Go client writes (go-reference-run.md §5.1)."""
-    return (b"CONNECT /_controlPath/ HTTP/1.1\r\nHost: " + host.encode()
-            + b"\r\nUser-Agent: Go-http-client/1.1\r\nX-Ktunnel-Identifier: "
-            + identifier.encode() + b"\r\n\r\n")
+    return (
+        b"CONNECT /_controlPath/ HTTP/1.1\r\nHost: "
+        + host.encode()
+        + b"\r\nUser-Agent: Go-http-client/1.1\r\nX-Ktunnel-Identifier: "
+        + identifier.encode()
+        + b"\r\n\r\n"
+    )
 
 
 def control(protocol: int, port: int) -> bytes:
@@ -44,11 +48,14 @@ def test_go_connect_matches_the_capture() -> None:
     captured = bytes.fromhex(
         "434f4e4e454354202f5f636f6e74726f6c506174682f20485454502f312e310d0a486f73743a2031"
         "32372e302e302e313a383030300d0a557365722d4167656e743a20476f2d687474702d636c69656e"
-        "742f312e310d0a582d4b74756e6e656c2d4964656e7469666965723a20313233340d0a0d0a")
+        "742f312e310d0a582d4b74756e6e656c2d4964656e7469666965723a20313233340d0a0d0a"
+    )
     assert go_connect("127.0.0.1:8000", "1234") == captured
     assert len(captured) == 117
-    assert bytes.fromhex(
-        "485454502f312e312032303020436f6e6e656374656420746f2054756e6e656c0a0a") == CONNECTED
+    assert (
+        bytes.fromhex("485454502f312e312032303020436f6e6e656374656420746f2054756e6e656c0a0a")
+        == CONNECTED
+    )
 
 
 # -- a raw yamux peer ------------------------------------------------------------------------
@@ -107,6 +114,7 @@ class WirePeer:
         async def poll() -> None:
             while not condition():
                 await asyncio.sleep(0.005)
+
         await asyncio.wait_for(poll(), timeout)
 
     async def wait_data(self, stream_id: int, expected: bytes, timeout: float = 5) -> None:
@@ -131,8 +139,9 @@ class WirePeer:
                 await self._task
 
 
-async def read_http(reader: asyncio.StreamReader, timeout: float = 5
-                    ) -> tuple[bytes, dict[str, str], bytes, bytes]:
+async def read_http(
+    reader: asyncio.StreamReader, timeout: float = 5
+) -> tuple[bytes, dict[str, str], bytes, bytes]:
     """Status line, headers, body and the raw head of one Content-Length response."""
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
     status, *lines = head[:-4].decode("latin-1").split("\r\n")
@@ -242,11 +251,14 @@ async def test_server_handshake_timeout() -> None:
             await peer.aclose()
 
 
-@pytest.mark.parametrize(("sent", "stays"), [
-    (b'{"note":"the Go client never sends this"}\n', True),
-    (b"[1]\n", False),
-    (b"not json\n", False),
-])
+@pytest.mark.parametrize(
+    ("sent", "stays"),
+    [
+        (b'{"note":"the Go client never sends this"}\n', True),
+        (b"[1]\n", False),
+        (b"not json\n", False),
+    ],
+)
 async def test_server_reads_client_control_values(sent: bytes, stays: bool) -> None:
     """What the client writes on the control stream is decoded and dropped; anything that
     is not a JSON object counts as a disconnect (as in Go)."""
@@ -269,10 +281,14 @@ async def test_server_control_message_bytes(case: str) -> None:
             "port": (f"app.test:{port}", 1, port, ""),
             "no-port": ("bare.test", 1, 0, ""),
             "upper-case": (f"APP.Test:{port}", 1, port, ""),
-            "websocket": (f"app.test:{port}", 3, port,
-                          "Connection: Upgrade\r\nUpgrade: websocket\r\n"
-                          "Sec-WebSocket-Version: 13\r\n"
-                          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"),
+            "websocket": (
+                f"app.test:{port}",
+                3,
+                port,
+                "Connection: Upgrade\r\nUpgrade: websocket\r\n"
+                "Sec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            ),
         }[case]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
@@ -287,8 +303,11 @@ async def test_server_control_message_bytes(case: str) -> None:
             assert b"\r\nX-Forwarded-For: 127.0.0.1\r\n" in forwarded
             assert 3 in peer.acked()
             if case == "websocket":
-                peer.data_frame(3, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                                   b"Connection: Upgrade\r\n\r\nfrom-local")
+                peer.data_frame(
+                    3,
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\n\r\nfrom-local",
+                )
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
                 assert head.startswith(b"HTTP/1.1 101 ")
                 assert await asyncio.wait_for(reader.readexactly(10), 5) == b"from-local"
@@ -300,11 +319,11 @@ async def test_server_control_message_bytes(case: str) -> None:
                 assert 3 not in peer.fins
                 writer.close()
             else:
-                peer.data_frame(3, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Local: yes\r\n"
-                                   b"\r\nhello")
+                peer.data_frame(
+                    3, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Local: yes\r\n\r\nhello"
+                )
                 status, headers, body, _ = await read_http(reader)
-                assert (status, headers["x-local"], body) == (b"HTTP/1.1 200 OK", "yes",
-                                                               b"hello")
+                assert (status, headers["x-local"], body) == (b"HTTP/1.1 200 OK", "yes", b"hello")
             peer.send(frame(WINDOW, FIN, 3, 0))  # as the Go client does when the local side ends
             await peer.wait(lambda: 3 in peer.fins)
         finally:
@@ -326,8 +345,11 @@ async def test_server_http_stream_per_message_in_order() -> None:
             await peer.wait(lambda: b"\r\n\r\n" in peer.data[3] and b"\r\n\r\n" in peer.data[5])
             assert peer.data[3].startswith(b"GET /0 ") and peer.data[5].startswith(b"GET /1 ")
             for stream_id, body in ((5, b"one"), (3, b"zero")):
-                peer.data_frame(stream_id, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
-                                % (len(body), body), flags=FIN)
+                peer.data_frame(
+                    stream_id,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+                    flags=FIN,
+                )
             assert (await read_http(conns[0][0]))[2] == b"zero"
             assert (await read_http(conns[1][0]))[2] == b"one"
         finally:
@@ -360,8 +382,10 @@ async def test_server_unknown_identifier(identifier: str | None) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             if identifier is None:
-                writer.write(f"CONNECT /_controlPath/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                             "User-Agent: Go-http-client/1.1\r\n\r\n".encode())
+                writer.write(
+                    f"CONNECT /_controlPath/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                    "User-Agent: Go-http-client/1.1\r\n\r\n".encode()
+                )
             else:
                 writer.write(go_connect(f"127.0.0.1:{port}", identifier))
             status, _, body, head = await read_http(reader)
@@ -379,8 +403,7 @@ async def test_server_unknown_identifier(identifier: str | None) -> None:
 
 
 async def test_server_duplicate_identifier_refused_while_first_alive() -> None:
-    async with ytun_server(duplicate_ping_timeout=0.5) as (server, port), \
-            go_client(port) as first:
+    async with ytun_server(duplicate_ping_timeout=0.5) as (server, port), go_client(port) as first:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             writer.write(go_connect(f"127.0.0.1:{port}", IDENT))
@@ -449,9 +472,11 @@ class FakeKodingServer:
 
     async def __aenter__(self) -> FakeKodingServer:
         self._accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
-            asyncio.Queue())
+            asyncio.Queue()
+        )
         self._listener = await asyncio.start_server(
-            lambda r, w: self._accepted.put_nowait((r, w)), "127.0.0.1", 0)
+            lambda r, w: self._accepted.put_nowait((r, w)), "127.0.0.1", 0
+        )
         self.port = self._listener.sockets[0].getsockname()[1]
         self.peers: list[WirePeer] = []
         return self
@@ -484,8 +509,7 @@ class FakeKodingServer:
 
 
 @contextlib.asynccontextmanager
-async def ytun_client(port: int, identifier: str = IDENT, **kwargs
-                      ) -> AsyncIterator[Client]:
+async def ytun_client(port: int, identifier: str = IDENT, **kwargs) -> AsyncIterator[Client]:
     kwargs.setdefault("backoff", ExponentialBackoff(max_attempts=0))
     client = Client(f"127.0.0.1:{port}", identifier, **kwargs)
     task = asyncio.ensure_future(client.start())
@@ -520,8 +544,10 @@ async def test_client_connect_bytes_and_handshake() -> None:
 
 async def test_client_rejects_any_other_status_line() -> None:
     changes = []
-    async with FakeKodingServer() as fake, \
-            ytun_client(fake.port, on_state_change=changes.append) as client:
+    async with (
+        FakeKodingServer() as fake,
+        ytun_client(fake.port, on_state_change=changes.append) as client,
+    ):
         peer = await fake.accept(IDENT, reply=b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
         peer.start()
         await peer.wait(lambda: client.state is ClientState.CLOSED)
@@ -541,11 +567,19 @@ async def test_client_bytes_after_status_line_reach_yamux() -> None:
 
 
 async def test_client_opens_one_stream_per_message_in_order() -> None:
-    messages = [control(1, 0), control(1, 80), control(3, 0),
-                b'{"localPort":0,"TransportProtocol":1,"ACTION":1,"unknown":[1,2]}\n',
-                control(1, 8080), control(3, 8080)]
-    async with aiohttp_origin() as origin, FakeKodingServer() as fake, \
-            ytun_client(fake.port, local_addr=origin) as client:
+    messages = [
+        control(1, 0),
+        control(1, 80),
+        control(3, 0),
+        b'{"localPort":0,"TransportProtocol":1,"ACTION":1,"unknown":[1,2]}\n',
+        control(1, 8080),
+        control(3, 8080),
+    ]
+    async with (
+        aiohttp_origin() as origin,
+        FakeKodingServer() as fake,
+        ytun_client(fake.port, local_addr=origin) as client,
+    ):
         peer = await fake.accept(IDENT)
         # controlOk and the first message in one frame, as a Go server may send them
         await fake.handshake(peer, ok_payload=b"controlOk" + messages[0])
@@ -565,8 +599,10 @@ async def test_client_opens_one_stream_per_message_in_order() -> None:
             peer.send(frame(WINDOW, ACK, stream_id, 0))
         # each stream is a raw pipe to the local service
         for stream_id in (3, 13):
-            peer.data_frame(stream_id, b"GET /?echo=via-%d HTTP/1.1\r\nHost: x\r\n"
-                            b"Connection: close\r\n\r\n" % stream_id)
+            peer.data_frame(
+                stream_id,
+                b"GET /?echo=via-%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % stream_id,
+            )
         for stream_id in (3, 13):
             await peer.wait(lambda stream_id=stream_id: stream_id in peer.fins)
             answer = bytes(peer.data[stream_id])
@@ -578,8 +614,11 @@ async def test_client_opens_one_stream_per_message_in_order() -> None:
 
 
 async def test_client_unknown_protocol_gets_a_closed_stream() -> None:
-    async with aiohttp_origin() as origin, FakeKodingServer() as fake, \
-            ytun_client(fake.port, local_addr=origin) as client:
+    async with (
+        aiohttp_origin() as origin,
+        FakeKodingServer() as fake,
+        ytun_client(fake.port, local_addr=origin) as client,
+    ):
         peer = await fake.accept(IDENT)
         await fake.handshake(peer)
         await client.wait_connected(timeout=5)
@@ -619,6 +658,9 @@ async def test_client_non_object_control_value_ends_session() -> None:
         await client.wait_connected(timeout=5)
         peer.data_frame(1, json.dumps([1, 2]).encode() + b"\n")
         await peer.wait(lambda: peer.closed)
-        assert client.state in (ClientState.DISCONNECTED, ClientState.CONNECTING,
-                                ClientState.CLOSED)
+        assert client.state in (
+            ClientState.DISCONNECTED,
+            ClientState.CONNECTING,
+            ClientState.CLOSED,
+        )
         assert peer.opened() == []

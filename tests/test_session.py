@@ -42,8 +42,9 @@ from ytun.yamux import stream as stream_module
 DATA, WINDOW, PING, GO_AWAY = TYPE_DATA, TYPE_WINDOW_UPDATE, TYPE_PING, TYPE_GO_AWAY
 SYN, ACK, FIN, RST = FLAG_SYN, FLAG_ACK, FLAG_FIN, FLAG_RST
 
-FAST = Config(keepalive_interval=None, ping_timeout=0.5, stream_open_timeout=None,
-              stream_close_timeout=None)
+FAST = Config(
+    keepalive_interval=None, ping_timeout=0.5, stream_open_timeout=None, stream_close_timeout=None
+)
 
 
 def fast(**changes) -> Config:
@@ -58,8 +59,7 @@ class Probe(asyncio.Protocol):
         self.transport: Stream | None = None
         self.data = bytearray()
         self.eofs = 0
-        self.lost: asyncio.Future[BaseException | None] = (
-            asyncio.get_running_loop().create_future())
+        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
         self.pauses = 0
         self.resumes = 0
         self.violations: list[str] = []
@@ -156,7 +156,8 @@ async def open_raw(peer: RawPeer, stream_id: int = 1, **probe_args) -> tuple[Str
     """The raw peer opens ``stream_id``; the session accepts it with a Probe."""
     peer.send(frame(WINDOW, SYN, stream_id, 0))
     stream, probe = await asyncio.wait_for(
-        peer.session.accept_stream(lambda: Probe(**probe_args)), 5)
+        peer.session.accept_stream(lambda: Probe(**probe_args)), 5
+    )
     assert stream.stream_id == stream_id
     return stream, probe
 
@@ -172,8 +173,10 @@ async def open_raw_connection(peer: RawPeer, stream_id: int) -> StreamConnection
 
 async def test_client_ids_are_odd_server_ids_even(impl):
     async with SessionPair(FAST, FAST) as pair:
-        for side, other, expected in ((pair.client, pair.server, [1, 3, 5]),
-                                      (pair.server, pair.client, [2, 4, 6])):
+        for side, other, expected in (
+            (pair.client, pair.server, [1, 3, 5]),
+            (pair.server, pair.client, [2, 4, 6]),
+        ):
             for stream_id in expected:
                 stream, _ = await side.open_stream(Probe)
                 assert stream.stream_id == stream_id
@@ -232,7 +235,7 @@ async def test_syn_window_delta_is_additive(impl, delta):
         assert not of_stream(await settle(peer), 1)  # nothing beyond the window
         peer.send(frame(WINDOW, 0, 1, 7))
         data, _ = await read_data(peer, 1, 7)
-        assert data == payload[window:window + 7]
+        assert data == payload[window : window + 7]
         assert not of_stream(await settle(peer), 1)
 
 
@@ -242,8 +245,7 @@ async def test_larger_receive_window_is_advertised_as_delta(impl):
         peer.send(frame(WINDOW, SYN, 1, 0))
         ack = await peer.read_frame()
         assert is_ack(ack, 1) and ack.length == recv_window - INITIAL_WINDOW
-        _, probe = await asyncio.wait_for(peer.session.accept_stream(
-            lambda: Probe(paused=True)), 5)
+        _, probe = await asyncio.wait_for(peer.session.accept_stream(lambda: Probe(paused=True)), 5)
         # The whole advertised window may be used at once.
         peer.send(frame(DATA, 0, 1, recv_window, b"w" * recv_window))
         assert not of_stream(await settle(peer), 1)
@@ -321,8 +323,9 @@ async def test_syn_then_rst_reports_reset(impl):
     """12: a stream opened and reset before the application accepts it is never handed
     out; with a protocol factory its protocol sees connection_lost(StreamResetError)."""
     async with RawPeer(session_is_client=False, config=fast()) as peer:
-        peer.send(frame(WINDOW, SYN, 1, 0) + frame(DATA, 0, 1, 3, b"abc")
-                  + frame(WINDOW, RST, 1, 0))
+        peer.send(
+            frame(WINDOW, SYN, 1, 0) + frame(DATA, 0, 1, 3, b"abc") + frame(WINDOW, RST, 1, 0)
+        )
         await settle(peer)
         assert peer.session.stream_count == 0
         assert not peer.session._backlog
@@ -392,8 +395,12 @@ async def test_accept_backlog_overflow_resets_new_streams(impl):
     """17: beyond the accept backlog new streams get Window Update + RST; the reader keeps
     running and the streams already queued are unaffected."""
     async with RawPeer(session_is_client=False, config=fast(accept_backlog=2)) as peer:
-        peer.send(frame(DATA, SYN, 1, 3, b"one") + frame(DATA, SYN, 3, 3, b"two")
-                  + frame(DATA, SYN, 5, 5, b"three") + frame(DATA, 0, 5, 4, b"more"))
+        peer.send(
+            frame(DATA, SYN, 1, 3, b"one")
+            + frame(DATA, SYN, 3, 3, b"two")
+            + frame(DATA, SYN, 5, 5, b"three")
+            + frame(DATA, 0, 5, 4, b"more")
+        )
         frames = await settle(peer)
         assert [f for f in frames if f.stream_id == 5] == [Frame(WINDOW, RST, 5, 0)]
         assert is_ack(frames[0], 1) and is_ack(frames[1], 3)
@@ -418,7 +425,10 @@ async def test_unacked_outbound_streams_are_bounded(impl):
         waiting = asyncio.ensure_future(session.open_stream(Probe))
         frames = [await peer.read_frame() for _ in range(3)]
         assert [(f.type, f.flags, f.stream_id) for f in frames] == [
-            (WINDOW, SYN, 1), (WINDOW, SYN, 3), (WINDOW, SYN, 5)]
+            (WINDOW, SYN, 1),
+            (WINDOW, SYN, 3),
+            (WINDOW, SYN, 5),
+        ]
         done, _ = await asyncio.wait([waiting], timeout=0.05)
         assert not done
         assert session.stream_count == 3
@@ -490,8 +500,9 @@ async def test_local_go_away_refuses_new_streams(impl):
         await settle(peer)
         peer.session.go_away()
         peer.session.go_away()  # idempotent: one Go Away only
-        peer.send(frame(WINDOW, SYN, 3, 0) + frame(DATA, SYN, 5, 2, b"hi")
-                  + frame(DATA, 0, 1, 4, b"data"))
+        peer.send(
+            frame(WINDOW, SYN, 3, 0) + frame(DATA, SYN, 5, 2, b"hi") + frame(DATA, 0, 1, 4, b"data")
+        )
         frames = await settle(peer)
         assert [f for f in frames if f.type == GO_AWAY] == [Frame(GO_AWAY, 0, 0, 0)]
         assert of_stream(frames, 3) == [Frame(WINDOW, RST, 3, 0)]
@@ -514,9 +525,11 @@ async def test_remote_fin_gives_data_then_eof(impl, fin, paused):
     EOF exactly once; our direction stays writable; FIN both ways removes the stream."""
     async with RawPeer(session_is_client=False, config=fast()) as peer:
         stream, probe = await open_raw(peer, 1, paused=paused)
-        closing = {"window": frame(WINDOW, FIN, 1, 0),
-                   "data-empty": frame(DATA, FIN, 1, 0),
-                   "data-payload": frame(DATA, FIN, 1, 4, b"tail")}[fin]
+        closing = {
+            "window": frame(WINDOW, FIN, 1, 0),
+            "data-empty": frame(DATA, FIN, 1, 0),
+            "data-payload": frame(DATA, FIN, 1, 4, b"tail"),
+        }[fin]
         peer.send(frame(DATA, 0, 1, 4, b"body") + closing + frame(WINDOW, FIN, 1, 0))
         expected = b"body" + (b"tail" if fin == "data-payload" else b"")
         await settle(peer)
@@ -581,9 +594,11 @@ async def test_remote_reset_fails_readers_and_writers(impl, rst):
         pending_drain = asyncio.ensure_future(writer.drain())
         await read_data(peer, 3, INITIAL_WINDOW)
         assert not pending_read.done() and not pending_drain.done()
-        reset = {"window": frame(WINDOW, RST, 1, 0) + frame(WINDOW, RST, 3, 0),
-                 "data": frame(DATA, RST, 1, 0) + frame(DATA, RST, 3, 0),
-                 "data-body": frame(DATA, RST, 1, 4, b"junk") + frame(DATA, RST, 3, 1, b"j")}
+        reset = {
+            "window": frame(WINDOW, RST, 1, 0) + frame(WINDOW, RST, 3, 0),
+            "data": frame(DATA, RST, 1, 0) + frame(DATA, RST, 3, 0),
+            "data-body": frame(DATA, RST, 1, 4, b"junk") + frame(DATA, RST, 3, 1, b"j"),
+        }
         peer.send(reset[rst])
         with pytest.raises(StreamResetError):
             await asyncio.wait_for(pending_read, 5)
@@ -611,19 +626,21 @@ async def test_frames_for_unknown_streams_are_ignored(impl):
         peer.send(frame(WINDOW, FIN, 1, 0))
         assert await lost(probe) is None
         await settle(peer)
-        junk = b"".join([
-            frame(DATA, 0, 99, 300, b"\xff" * 300),  # never opened, the peer's parity
-            # Our parity; the body looks like a ping, which must not be answered.
-            frame(DATA, 0, 100, 12, HEADER.pack(0, 2, 1, 0, 5)),
-            frame(WINDOW, 0, 99, 1000),
-            frame(WINDOW, FIN, 101, 0),
-            frame(WINDOW, RST, 103, 0),
-            frame(DATA, FIN | RST, 105, 3, b"abc"),
-            frame(DATA, ACK, 107, 0),
-            frame(DATA, 0, 1, 4, b"late"),  # a finished stream
-            frame(WINDOW, FIN, 1, 10),
-            frame(WINDOW, RST, 1, 0),
-        ])
+        junk = b"".join(
+            [
+                frame(DATA, 0, 99, 300, b"\xff" * 300),  # never opened, the peer's parity
+                # Our parity; the body looks like a ping, which must not be answered.
+                frame(DATA, 0, 100, 12, HEADER.pack(0, 2, 1, 0, 5)),
+                frame(WINDOW, 0, 99, 1000),
+                frame(WINDOW, FIN, 101, 0),
+                frame(WINDOW, RST, 103, 0),
+                frame(DATA, FIN | RST, 105, 3, b"abc"),
+                frame(DATA, ACK, 107, 0),
+                frame(DATA, 0, 1, 4, b"late"),  # a finished stream
+                frame(WINDOW, FIN, 1, 10),
+                frame(WINDOW, RST, 1, 0),
+            ]
+        )
         peer.send(junk)
         assert await settle(peer) == []
         assert peer.session.stream_count == 0 and not peer.session.is_closed
@@ -685,7 +702,9 @@ async def test_local_reset_drops_queued_data(impl, how):
         stream.write(b"never sent")
         getattr(stream, how)()
         assert [(f.type, f.flags) for f in of_stream(await settle(peer), 3)] == [
-            (WINDOW, SYN), (WINDOW, RST)]
+            (WINDOW, SYN),
+            (WINDOW, RST),
+        ]
 
 
 async def test_protocol_exception_resets_only_its_stream(impl):
@@ -735,8 +754,10 @@ async def test_ping_answered_promptly_under_bulk_load(impl):
                 total += len(await conn.read(1 << 20))
             return total
 
-        tasks = [asyncio.ensure_future(c) for c in (pump(sender), pump(receiver),
-                                                    sink(sender), sink(receiver))]
+        tasks = [
+            asyncio.ensure_future(c)
+            for c in (pump(sender), pump(receiver), sink(sender), sink(receiver))
+        ]
         await asyncio.sleep(0.05)
         try:
             for _ in range(5):
@@ -754,9 +775,13 @@ async def test_ping_flood_both_ways(impl):
     """38: 10,000 concurrent pings from each side complete without deadlock."""
     config = fast(pong_backlog=20_000, ping_timeout=5)
     async with SessionPair(config, config) as pair:
-        results = await asyncio.wait_for(asyncio.gather(
-            *(pair.client.ping() for _ in range(10_000)),
-            *(pair.server.ping() for _ in range(10_000))), 20)
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(pair.client.ping() for _ in range(10_000)),
+                *(pair.server.ping() for _ in range(10_000)),
+            ),
+            20,
+        )
         assert len(results) == 20_000 and all(rtt >= 0 for rtt in results)
         assert not pair.client._pings and not pair.server._pings
 
@@ -999,8 +1024,12 @@ async def test_transport_loss_fails_every_stream(impl, how):
 async def test_termination_wakes_every_waiter(impl, how):
     """46: closing wakes readers, writers blocked on window, acceptors, openers blocked
     on the ACK backlog and pingers, all with SessionClosedError."""
-    config = fast(max_unacked_streams=1, stream_write_high=16 * 1024,
-                  stream_write_low=4 * 1024, ping_timeout=10)
+    config = fast(
+        max_unacked_streams=1,
+        stream_write_high=16 * 1024,
+        stream_write_low=4 * 1024,
+        ping_timeout=10,
+    )
     async with RawPeer(session_is_client=True, config=config) as peer:
         session = peer.session
         conn = await open_connection(session)
@@ -1045,10 +1074,11 @@ PROTOCOL_ERRORS = {
     "ping-on-stream": (frame(PING, SYN, 3, 1), {}),
     "go-away-on-stream": (frame(GO_AWAY, 0, 5, 0), {}),
     "window-overflow": (frame(WINDOW, 0, 1, 0xFFFFFFFF), {}),
-    "data-over-window": (frame(DATA, 0, 1, INITIAL_WINDOW + 1, b"x" * (INITIAL_WINDOW + 1)),
-                         {}),
-    "syn-data-over-window": (frame(DATA, SYN, 3, INITIAL_WINDOW + 1,
-                                   b"x" * (INITIAL_WINDOW + 1)), {}),
+    "data-over-window": (frame(DATA, 0, 1, INITIAL_WINDOW + 1, b"x" * (INITIAL_WINDOW + 1)), {}),
+    "syn-data-over-window": (
+        frame(DATA, SYN, 3, INITIAL_WINDOW + 1, b"x" * (INITIAL_WINDOW + 1)),
+        {},
+    ),
 }
 
 
@@ -1092,6 +1122,7 @@ async def test_syn_with_our_parity_on_a_client_session(impl):
 
 async def test_internal_error_sends_go_away_2(impl, monkeypatch):
     """A bug in a frame handler closes this session with Go Away(2), not the process."""
+
     def broken(self):
         raise RuntimeError("bug")
 

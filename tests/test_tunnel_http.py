@@ -48,8 +48,9 @@ class Response:
     body: bytes
 
 
-async def read_response(reader: asyncio.StreamReader, *, head_only: bool = False,
-                        timeout: float = 10) -> Response:
+async def read_response(
+    reader: asyncio.StreamReader, *, head_only: bool = False, timeout: float = 10
+) -> Response:
     """One HTTP/1.1 response from a raw socket (Content-Length, chunked or close framed)."""
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
     lines = head.decode("latin-1").split("\r\n")
@@ -62,8 +63,7 @@ async def read_response(reader: asyncio.StreamReader, *, head_only: bool = False
     if head_only or status in (204, 304) or 100 <= status < 200:
         body = b""
     elif "content-length" in headers:
-        body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])),
-                                      timeout)
+        body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), timeout)
     elif headers.get("transfer-encoding", "").lower() == "chunked":
         parts = []
         while True:
@@ -79,8 +79,7 @@ async def read_response(reader: asyncio.StreamReader, *, head_only: bool = False
 
 
 @contextlib.asynccontextmanager
-async def connect(port: int) -> AsyncIterator[tuple[asyncio.StreamReader,
-                                                      asyncio.StreamWriter]]:
+async def connect(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         yield reader, writer
@@ -107,8 +106,9 @@ def tagged_app(tag: str, **kwargs) -> web.Application:
 
 
 @contextlib.asynccontextmanager
-async def second_client(tunnel: Tunnel, app: web.Application, host: str = "other.test"
-                        ) -> AsyncIterator[Client]:
+async def second_client(
+    tunnel: Tunnel, app: web.Application, host: str = "other.test"
+) -> AsyncIterator[Client]:
     """Another origin and another client (own identifier) on ``tunnel``'s server."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -117,9 +117,12 @@ async def second_client(tunnel: Tunnel, app: web.Application, host: str = "other
     origin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     identifier = "second-" + host
     tunnel.server.add_host(host, identifier)
-    client = Client(f"127.0.0.1:{tunnel.port}", identifier,
-                    local_addr=f"127.0.0.1:{origin_port}",
-                    backoff=ExponentialBackoff(initial=0.05, maximum=0.2))
+    client = Client(
+        f"127.0.0.1:{tunnel.port}",
+        identifier,
+        local_addr=f"127.0.0.1:{origin_port}",
+        backoff=ExponentialBackoff(initial=0.05, maximum=0.2),
+    )
     task = asyncio.ensure_future(client.start())
     try:
         await client.wait_connected(timeout=10)
@@ -135,14 +138,16 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 5) -> None:
     async def poll() -> None:
         while not condition():
             await asyncio.sleep(0.01)
+
     await asyncio.wait_for(poll(), timeout)
 
 
 class RawOrigin:
     """A raw asyncio server as the origin; ``handler(reader, writer)`` scripts it."""
 
-    def __init__(self, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
-                                         Awaitable[None]]) -> None:
+    def __init__(
+        self, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+    ) -> None:
         self._handler = handler
         self.errors: list[BaseException] = []
 
@@ -152,8 +157,7 @@ class RawOrigin:
         self.addr = f"127.0.0.1:{self.port}"
         return self
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                      ) -> None:
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await self._handler(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -175,13 +179,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def fetch(session: aiohttp.ClientSession, tunnel: Tunnel, echo: str, *,
-                close: bool = False) -> tuple[int, str]:
+async def fetch(
+    session: aiohttp.ClientSession, tunnel: Tunnel, echo: str, *, close: bool = False
+) -> tuple[int, str]:
     headers = {"Host": tunnel.host}
     if close:
         headers["Connection"] = "close"
-    async with session.get(f"{tunnel.url}/", params={"echo": echo},
-                           headers=headers) as response:
+    async with session.get(f"{tunnel.url}/", params={"echo": echo}, headers=headers) as response:
         return response.status, await response.text()
 
 
@@ -189,9 +193,16 @@ async def run_curl(*args: str, stdin: bytes | None = None) -> bytes:
     """curl's output; a non-zero exit fails the test with curl's error message."""
     assert CURL is not None
     process = await asyncio.create_subprocess_exec(
-        CURL, "--silent", "--show-error", "--max-time", "20", *args,
+        CURL,
+        "--silent",
+        "--show-error",
+        "--max-time",
+        "20",
+        *args,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         out, err = await asyncio.wait_for(process.communicate(stdin), 30)
     except BaseException:
@@ -214,8 +225,9 @@ async def _many(tunnel: Tunnel, count: int = 100) -> None:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=TIMEOUT, connector=connector) as session:
         echoes = [f"echo-{i}-{random.getrandbits(32):08x}" for i in range(count)]
-        results = await asyncio.gather(*(
-            fetch(session, tunnel, echo, close=i % 2 == 0) for i, echo in enumerate(echoes)))
+        results = await asyncio.gather(
+            *(fetch(session, tunnel, echo, close=i % 2 == 0) for i, echo in enumerate(echoes))
+        )
     assert results == [(200, echo) for echo in echoes]
 
 
@@ -236,8 +248,9 @@ async def test_multiple_latency_requests() -> None:
 
 
 async def _websocket_echo(tunnel: Tunnel, count: int) -> None:
-    async with websockets.connect(f"ws://{tunnel.host}/ws", host="127.0.0.1",
-                                  port=tunnel.port, proxy=None, open_timeout=10) as ws:
+    async with websockets.connect(
+        f"ws://{tunnel.host}/ws", host="127.0.0.1", port=tunnel.port, proxy=None, open_timeout=10
+    ) as ws:
         for i in range(count):
             message = json.dumps({"value": f"message #{i}", "close": i == count - 1})
             await ws.send(message)
@@ -258,8 +271,11 @@ async def test_latency_websocket() -> None:
 
 
 async def test_keep_alive_connection_alternates_hosts() -> None:
-    async with Tunnel(app=tagged_app("A")) as t, second_client(t, tagged_app("B")), \
-            connect(t.port) as (reader, writer):
+    async with (
+        Tunnel(app=tagged_app("A")) as t,
+        second_client(t, tagged_app("B")),
+        connect(t.port) as (reader, writer),
+    ):
         order = ["A", "B", "B", "A", "B", "A", "A"]
         for i, origin in enumerate(order):
             host = t.host if origin == "A" else "other.test"
@@ -271,19 +287,31 @@ async def test_keep_alive_connection_alternates_hosts() -> None:
 
 
 async def test_pipelined_requests_across_hosts_answer_in_order() -> None:
-    async with Tunnel(app=tagged_app("A")) as t, second_client(t, tagged_app("B")), \
-            connect(t.port) as (reader, writer):
+    async with (
+        Tunnel(app=tagged_app("A")) as t,
+        second_client(t, tagged_app("B")),
+        connect(t.port) as (reader, writer),
+    ):
         body = b"pipelined body"
-        writer.write(b"".join([
-            get("/?echo=one", t.host),
-            get("/?echo=two", "other.test"),
-            (b"POST /?echo=three HTTP/1.1\r\nHost: Nope.Test:81\r\nContent-Length: 11\r\n"
-             b"\r\nhello world"),
-            (f"POST /upload HTTP/1.1\r\nHost: {t.host}\r\nContent-Length: {len(body)}\r\n"
-             "\r\n").encode() + body,
-            get("/?echo=five", "other.test"),
-            get("/?echo=six", t.host, "Connection: close"),
-        ]))
+        writer.write(
+            b"".join(
+                [
+                    get("/?echo=one", t.host),
+                    get("/?echo=two", "other.test"),
+                    (
+                        b"POST /?echo=three HTTP/1.1\r\nHost: Nope.Test:81\r\n"
+                        b"Content-Length: 11\r\n\r\nhello world"
+                    ),
+                    (
+                        f"POST /upload HTTP/1.1\r\nHost: {t.host}\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n"
+                    ).encode()
+                    + body,
+                    get("/?echo=five", "other.test"),
+                    get("/?echo=six", t.host, "Connection: close"),
+                ]
+            )
+        )
         answers = [await read_response(reader) for _ in range(6)]
         assert [a.status for a in answers] == [200, 200, 502, 200, 200, 200]
         assert answers[0].body == b"one" and answers[0].headers["x-origin"] == "A"
@@ -300,9 +328,15 @@ async def test_half_closed_client_gets_its_answers_then_eof() -> None:
     """A client that half-closes after its requests (``nc -N``, ``printf | nc``) reads every
     answer, then EOF: the connection must not stay open forever."""
     async with Tunnel(app=tagged_app("A")) as t, second_client(t, tagged_app("B")):
-        cases = [[("solo", t.host, "A")],
-                 [("a1", t.host, "A"), ("b1", "other.test", "B"), ("x", "nope.test", None),
-                  ("a2", t.host, "A")]]
+        cases = [
+            [("solo", t.host, "A")],
+            [
+                ("a1", t.host, "A"),
+                ("b1", "other.test", "B"),
+                ("x", "nope.test", None),
+                ("a2", t.host, "A"),
+            ],
+        ]
         for case in cases:
             async with connect(t.port) as (reader, writer):
                 writer.write(b"".join(get(f"/?echo={echo}", host) for echo, host, _ in case))
@@ -314,7 +348,10 @@ async def test_half_closed_client_gets_its_answers_then_eof() -> None:
                     assert answer.status == 502
                 else:
                     assert (answer.status, answer.body, answer.headers["x-origin"]) == (
-                        200, echo.encode(), origin)
+                        200,
+                        echo.encode(),
+                        origin,
+                    )
 
 
 async def test_connection_close_request_is_the_last_one() -> None:
@@ -322,17 +359,20 @@ async def test_connection_close_request_is_the_last_one() -> None:
     if the origin would keep its own connection; requests sent after it are not served."""
     seen: list[bytes] = []
 
-    async def keep_alive_origin(reader: asyncio.StreamReader,
-                                writer: asyncio.StreamWriter) -> None:
+    async def keep_alive_origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:  # answers every request, never closes
             seen.append(await reader.readuntil(b"\r\n\r\n"))
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
 
-    async with RawOrigin(keep_alive_origin) as raw, \
-            Tunnel(client_kwargs={"local_addr": raw.addr}) as t:
-        for first in (get("/last", t.host, "Connection: close"),
-                      f"GET /last HTTP/1.0\r\nHost: {t.host}\r\n\r\n".encode(),
-                      get("/last", "nope.test", "Connection: close")):
+    async with (
+        RawOrigin(keep_alive_origin) as raw,
+        Tunnel(client_kwargs={"local_addr": raw.addr}) as t,
+    ):
+        for first in (
+            get("/last", t.host, "Connection: close"),
+            f"GET /last HTTP/1.0\r\nHost: {t.host}\r\n\r\n".encode(),
+            get("/last", "nope.test", "Connection: close"),
+        ):
             seen.clear()
             async with connect(t.port) as (reader, writer):
                 writer.write(first + get("/never", t.host))
@@ -353,11 +393,10 @@ async def test_connection_close_framed_response_arrives_whole() -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n")
         for i in range(0, len(payload), 100_000):
-            writer.write(payload[i:i + 100_000])
+            writer.write(payload[i : i + 100_000])
             await writer.drain()
 
-    async with RawOrigin(origin) as raw, \
-            Tunnel(client_kwargs={"local_addr": raw.addr}) as t:
+    async with RawOrigin(origin) as raw, Tunnel(client_kwargs={"local_addr": raw.addr}) as t:
         # a raw socket: the answer ends with a clean close
         async with connect(t.port) as (reader, writer):
             writer.write(get("/close-framed", t.host))
@@ -365,8 +404,10 @@ async def test_connection_close_framed_response_arrives_whole() -> None:
         assert response.status == 200 and "content-length" not in response.headers
         assert response.body == payload
         # and aiohttp, which reads such a body to EOF too
-        async with aiohttp.ClientSession(timeout=TIMEOUT) as session, \
-                session.get(f"{t.url}/close-framed", headers={"Host": t.host}) as answer:
+        async with (
+            aiohttp.ClientSession(timeout=TIMEOUT) as session,
+            session.get(f"{t.url}/close-framed", headers={"Host": t.host}) as answer,
+        ):
             assert await answer.read() == payload
         assert not raw.errors
 
@@ -379,8 +420,11 @@ async def test_chunked_upload() -> None:
             yield block
 
     data = b"".join(blocks)
-    async with Tunnel() as t, aiohttp.ClientSession(timeout=TIMEOUT) as session, \
-            session.post(f"{t.url}/upload", data=body(), headers={"Host": t.host}) as response:
+    async with (
+        Tunnel() as t,
+        aiohttp.ClientSession(timeout=TIMEOUT) as session,
+        session.post(f"{t.url}/upload", data=body(), headers={"Host": t.host}) as response,
+    ):
         assert response.request_info.headers.get("Transfer-Encoding") == "chunked"
         assert await response.text() == f"{len(data)} {hashlib.sha256(data).hexdigest()}"
 
@@ -403,8 +447,11 @@ async def test_bulk_download_100mib() -> None:
     block = b"\x5a" * (1024 * 1024)
     for _ in range(BULK // len(block)):
         expected.update(block)
-    async with Tunnel() as t, aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(60)) as s, \
-            s.get(f"{t.url}/bytes", params={"n": str(BULK)}, headers={"Host": t.host}) as r:
+    async with (
+        Tunnel() as t,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(60)) as s,
+        s.get(f"{t.url}/bytes", params={"n": str(BULK)}, headers={"Host": t.host}) as r,
+    ):
         assert r.status == 200
         digest = hashlib.sha256()
         total = 0
@@ -425,9 +472,13 @@ async def test_bulk_upload_100mib() -> None:
         for i in range(BULK // len(block)):
             yield struct.pack(">I", i) + block[4:]
 
-    async with Tunnel() as t, aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(60)) as s, \
-            s.post(f"{t.url}/upload", data=body(), headers={
-                "Host": t.host, "Content-Length": str(BULK)}) as r:
+    async with (
+        Tunnel() as t,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(60)) as s,
+        s.post(
+            f"{t.url}/upload", data=body(), headers={"Host": t.host, "Content-Length": str(BULK)}
+        ) as r,
+    ):
         assert r.status == 200
         assert await r.text() == f"{BULK} {expected.hexdigest()}"
 
@@ -436,16 +487,21 @@ async def test_bulk_upload_100mib() -> None:
 
 
 async def test_forwarded_headers_added_by_default() -> None:
-    async with Tunnel() as t, aiohttp.ClientSession(timeout=TIMEOUT) as session, \
-            session.get(f"{t.url}/?echo=x", headers={"Host": t.host}) as response:
+    async with (
+        Tunnel() as t,
+        aiohttp.ClientSession(timeout=TIMEOUT) as session,
+        session.get(f"{t.url}/?echo=x", headers={"Host": t.host}) as response,
+    ):
         assert response.headers["X-Seen-Forwarded-For"] == "127.0.0.1"
         assert response.headers["X-Seen-Forwarded-Host"] == t.host
 
 
 async def test_forwarded_headers_can_be_turned_off() -> None:
-    async with Tunnel(server=Server(forwarded_headers=False)) as t, \
-            aiohttp.ClientSession(timeout=TIMEOUT) as session, \
-            session.get(f"{t.url}/?echo=x", headers={"Host": t.host}) as response:
+    async with (
+        Tunnel(server=Server(forwarded_headers=False)) as t,
+        aiohttp.ClientSession(timeout=TIMEOUT) as session,
+        session.get(f"{t.url}/?echo=x", headers={"Host": t.host}) as response,
+    ):
         assert await response.text() == "x"
         assert response.headers["X-Seen-Forwarded-For"] == ""
         assert response.headers["X-Seen-Forwarded-Host"] == ""
@@ -461,8 +517,10 @@ async def test_websocket_pipelined_bytes_both_ways() -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         assert b"upgrade: websocket" in head.lower()
         # the 101 and the first frame bytes in one write
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\n\r\nORIGIN-SPOKE-FIRST")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n\r\nORIGIN-SPOKE-FIRST"
+        )
         got = b""
         while len(got) < len(b"CLIENT-SPOKE-FIRST|more"):
             data = await reader.read(65536)
@@ -474,12 +532,22 @@ async def test_websocket_pipelined_bytes_both_ways() -> None:
         await writer.drain()
         await reader.read()  # until the public side closes
 
-    async with RawOrigin(origin) as raw, \
-            Tunnel(client_kwargs={"local_addr": raw.addr}) as t, \
-            connect(t.port) as (reader, writer):
-        writer.write(get("/chat", t.host, "Upgrade: websocket", "Connection: Upgrade",
-                         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-                         "Sec-WebSocket-Version: 13") + b"CLIENT-SPOKE-FIRST")
+    async with (
+        RawOrigin(origin) as raw,
+        Tunnel(client_kwargs={"local_addr": raw.addr}) as t,
+        connect(t.port) as (reader, writer),
+    ):
+        writer.write(
+            get(
+                "/chat",
+                t.host,
+                "Upgrade: websocket",
+                "Connection: Upgrade",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                "Sec-WebSocket-Version: 13",
+            )
+            + b"CLIENT-SPOKE-FIRST"
+        )
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 101 ")
         assert await asyncio.wait_for(reader.readexactly(18), 10) == b"ORIGIN-SPOKE-FIRST"
@@ -494,8 +562,11 @@ async def test_websocket_pipelined_bytes_both_ways() -> None:
 
 
 async def test_unknown_host() -> None:
-    async with Tunnel() as t, aiohttp.ClientSession(timeout=TIMEOUT) as session, \
-            session.get(f"{t.url}/", headers={"Host": "Missing.Example:8080"}) as response:
+    async with (
+        Tunnel() as t,
+        aiohttp.ClientSession(timeout=TIMEOUT) as session,
+        session.get(f"{t.url}/", headers={"Host": "Missing.Example:8080"}) as response,
+    ):
         assert response.status == 502
         assert await response.text() == 'no virtual host available for "missing.example:8080"\n'
         assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
@@ -529,16 +600,24 @@ async def test_no_client_session() -> None:
     port = listener.sockets[0].getsockname()[1]
     server.add_host("lonely.test", "nobody")
     try:
-        async with aiohttp.ClientSession(timeout=TIMEOUT) as session, \
-                session.get(f"http://127.0.0.1:{port}/",
-                            headers={"Host": "lonely.test"}) as response:
+        async with (
+            aiohttp.ClientSession(timeout=TIMEOUT) as session,
+            session.get(f"http://127.0.0.1:{port}/", headers={"Host": "lonely.test"}) as response,
+        ):
             assert response.status == 502
             assert await response.text() == "no client session established\n"
         # a websocket upgrade is answered too (koding/tunnel left it hanging, hijacked)
         async with connect(port) as (reader, writer):
-            writer.write(get("/ws", "lonely.test", "Connection: Upgrade", "Upgrade: websocket",
-                             "Sec-WebSocket-Version: 13",
-                             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="))
+            writer.write(
+                get(
+                    "/ws",
+                    "lonely.test",
+                    "Connection: Upgrade",
+                    "Upgrade: websocket",
+                    "Sec-WebSocket-Version: 13",
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                )
+            )
             response = await read_response(reader)
         assert (response.status, response.body) == (502, b"no client session established\n")
     finally:
@@ -552,13 +631,17 @@ async def test_no_client_after_client_closed() -> None:
         await asyncio.wait_for(t.client_task, 10)
         await wait_until(lambda: not t.server.is_connected(t.identifier))
         assert await fetch(session, t, "after", close=True) == (
-            502, "no client session established\n")
+            502,
+            "no client session established\n",
+        )
 
 
 async def test_origin_down() -> None:
-    async with Tunnel(client_kwargs={"local_addr": f"127.0.0.1:{free_port()}"}) as t, \
-            aiohttp.ClientSession(timeout=TIMEOUT) as session, \
-            session.get(f"{t.url}/", headers={"Host": t.host}) as response:
+    async with (
+        Tunnel(client_kwargs={"local_addr": f"127.0.0.1:{free_port()}"}) as t,
+        aiohttp.ClientSession(timeout=TIMEOUT) as session,
+        session.get(f"{t.url}/", headers={"Host": t.host}) as response,
+    ):
         assert response.status == 503
         assert response.headers["Content-Length"] == "15"
         assert await response.text() == "no local server"
@@ -583,17 +666,24 @@ async def test_stream_timeout() -> None:
     server.add_host("mute.test", "mute")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(b"CONNECT /_controlPath/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     b"X-Ktunnel-Identifier: mute\r\n\r\n")
+        writer.write(
+            b"CONNECT /_controlPath/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"X-Ktunnel-Identifier: mute\r\n\r\n"
+        )
         assert await asyncio.wait_for(reader.readexactly(34), 5) == (
-            b"HTTP/1.1 200 Connected to Tunnel\n\n")
-        writer.write(struct.pack(">BBHII", 0, 1, 1, 1, 0)
-                     + struct.pack(">BBHII", 0, 0, 0, 1, 16) + b"controlHandshake")
+            b"HTTP/1.1 200 Connected to Tunnel\n\n"
+        )
+        writer.write(
+            struct.pack(">BBHII", 0, 1, 1, 1, 0)
+            + struct.pack(">BBHII", 0, 0, 0, 1, 16)
+            + b"controlHandshake"
+        )
         await wait_until(lambda: server.is_connected("mute"))
         started = time.monotonic()
-        async with aiohttp.ClientSession(timeout=TIMEOUT) as session, \
-                session.get(f"http://127.0.0.1:{port}/",
-                            headers={"Host": "mute.test"}) as response:
+        async with (
+            aiohttp.ClientSession(timeout=TIMEOUT) as session,
+            session.get(f"http://127.0.0.1:{port}/", headers={"Host": "mute.test"}) as response,
+        ):
             assert response.status == 502
             assert await response.text() == "timeout getting session\n"
         assert 0.25 < time.monotonic() - started < 5
@@ -614,9 +704,11 @@ async def test_client_gone_mid_response() -> None:
         sent.set()
         await reader.read()  # hold the rest back until the tunnel drops us
 
-    async with RawOrigin(origin) as raw, \
-            Tunnel(client_kwargs={"local_addr": raw.addr}) as t, \
-            second_client(t, tagged_app("B")):
+    async with (
+        RawOrigin(origin) as raw,
+        Tunnel(client_kwargs={"local_addr": raw.addr}) as t,
+        second_client(t, tagged_app("B")),
+    ):
         async with connect(t.port) as (reader, writer):
             writer.write(get("/slow", t.host))
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
@@ -628,8 +720,10 @@ async def test_client_gone_mid_response() -> None:
             rest = await asyncio.wait_for(reader.read(), 10)  # a clean EOF, no reset
             assert len(first) + len(rest) < 1_000_000
         # the server goes on serving the other client
-        async with aiohttp.ClientSession(timeout=TIMEOUT) as session, \
-                session.get(f"{t.url}/?echo=other", headers={"Host": "other.test"}) as r:
+        async with (
+            aiohttp.ClientSession(timeout=TIMEOUT) as session,
+            session.get(f"{t.url}/?echo=other", headers={"Host": "other.test"}) as r,
+        ):
             assert (r.status, await r.text(), r.headers["X-Origin"]) == (200, "other", "B")
         # and the vanished client comes back by itself
         await t.client.wait_connected(timeout=10)
@@ -657,11 +751,13 @@ async def test_tls_on_both_legs() -> None:
         assert t.url.startswith("https://")
         assert t.client._session.get_extra_info("ssl_object") is not None
         async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-            async with session.get(f"{t.url}/?echo=secret", headers={"Host": t.host},
-                                   ssl=client_ctx) as response:
+            async with session.get(
+                f"{t.url}/?echo=secret", headers={"Host": t.host}, ssl=client_ctx
+            ) as response:
                 assert (response.status, await response.text()) == (200, "secret")
-            async with session.get(f"{t.url}/proto", headers={"Host": t.host},
-                                   ssl=client_ctx) as response:
+            async with session.get(
+                f"{t.url}/proto", headers={"Host": t.host}, ssl=client_ctx
+            ) as response:
                 assert await response.text() == "https"
 
 
@@ -716,8 +812,9 @@ async def test_server_graceful_close_lets_request_finish() -> None:
 @needs_curl
 async def test_curl_request() -> None:
     async with Tunnel() as t:
-        out = await run_curl("-H", f"Host: {t.host}", "-w", "|%{http_code}",
-                             f"{t.url}/?echo=from-curl")
+        out = await run_curl(
+            "-H", f"Host: {t.host}", "-w", "|%{http_code}", f"{t.url}/?echo=from-curl"
+        )
     assert out == b"from-curl|200"
 
 
@@ -725,18 +822,36 @@ async def test_curl_request() -> None:
 async def test_curl_chunked_upload_with_expect_continue() -> None:
     data = random.randbytes(3 * 1024 * 1024 + 17)
     async with Tunnel() as t:
-        out = await run_curl("-H", f"Host: {t.host}", "-H", "Transfer-Encoding: chunked",
-                             "-H", "Expect: 100-continue", "--data-binary", "@-",
-                             f"{t.url}/upload", stdin=data)
+        out = await run_curl(
+            "-H",
+            f"Host: {t.host}",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            "@-",
+            f"{t.url}/upload",
+            stdin=data,
+        )
     assert out == f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode()
 
 
 @needs_curl
 async def test_curl_head_then_get_keep_alive() -> None:
     async with Tunnel() as t:
-        out = await run_curl("-H", f"Host: {t.host}", "-I", f"{t.url}/?echo=abc",
-                             "--next", "-H", f"Host: {t.host}", "-w", "|%{num_connects}",
-                             f"{t.url}/?echo=def")
+        out = await run_curl(
+            "-H",
+            f"Host: {t.host}",
+            "-I",
+            f"{t.url}/?echo=abc",
+            "--next",
+            "-H",
+            f"Host: {t.host}",
+            "-w",
+            "|%{num_connects}",
+            f"{t.url}/?echo=def",
+        )
     assert out.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"Content-Length: 3\r\n" in out
     assert out.endswith(b"\r\n\r\ndef|0")  # the GET reused the HEAD's connection

@@ -24,8 +24,11 @@ TIMEOUT = 10
 class LocalServer:
     """An asyncio TCP server on 127.0.0.1 for the client side of the tunnel."""
 
-    def __init__(self, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
-                                         Awaitable[None]], port: int = 0) -> None:
+    def __init__(
+        self,
+        handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+        port: int = 0,
+    ) -> None:
         self._handler = handler
         self.port = port
         self._writers: set[asyncio.StreamWriter] = set()
@@ -103,12 +106,14 @@ async def wait_for_condition(condition: Callable[[], bool], timeout: float = 5) 
     async def poll() -> None:
         while not condition():
             await asyncio.sleep(0.01)
+
     await asyncio.wait_for(poll(), timeout)
 
 
 def routes_fetcher(routes: dict[int, str]) -> Callable[[int], str]:
     def fetch(port: int) -> str:
         return routes[port]
+
     return fetch
 
 
@@ -130,8 +135,10 @@ async def test_single_tcp_with_fetch_local_addr():
         calls.append(port)
         return routes[port]
 
-    async with LocalServer(echo_handler()) as local, \
-            Tunnel(client_kwargs={"fetch_local_addr": fetch}) as tunnel:
+    async with (
+        LocalServer(echo_handler()) as local,
+        Tunnel(client_kwargs={"fetch_local_addr": fetch}) as tunnel,
+    ):
         _, port = await tunnel.server.add_addr("127.0.0.1:0", tunnel.identifier)
         assert port != 0
         routes[port] = local.addr
@@ -143,13 +150,17 @@ async def test_single_tcp_with_fetch_local_addr():
 async def test_single_tcp_with_tcp_local_and_a_listening_socket():
     sock = free_socket()
     port = sock.getsockname()[1]
-    async with LocalServer(echo_handler(b"local:")) as local, \
-            Tunnel(client_kwargs={"tcp_local": {port: local.addr}}) as tunnel:
+    async with (
+        LocalServer(echo_handler(b"local:")) as local,
+        Tunnel(client_kwargs={"tcp_local": {port: local.addr}}) as tunnel,
+    ):
         assert await tunnel.server.add_addr(sock, tunnel.identifier) == ("127.0.0.1", port)
         assert await exchange(port, b"via tcp_local") == b"local:via tcp_local\n"
         # The same socket again (say for an IP route) reuses its listener.
         assert await tunnel.server.add_addr(sock, tunnel.identifier, ip="127.0.0.1") == (
-            "127.0.0.1", port)
+            "127.0.0.1",
+            port,
+        )
         assert await exchange(port, b"again") == b"local:again\n"
 
 
@@ -170,8 +181,10 @@ async def test_default_local_address_is_the_public_port_on_loopback():
 
 async def test_multiple_tcp():
     routes: dict[int, str] = {}
-    async with LocalServer(echo_handler()) as local, \
-            Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}) as tunnel:
+    async with (
+        LocalServer(echo_handler()) as local,
+        Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}) as tunnel,
+    ):
         _, port = await tunnel.server.add_addr("127.0.0.1:0", tunnel.identifier)
         routes[port] = local.addr
         payloads = [f"message #{i} {random.random()}".encode() for i in range(100)]
@@ -183,8 +196,10 @@ async def test_multiple_tcp():
 async def test_multiple_latency_tcp():
     routes: dict[int, str] = {}
     handler = echo_handler(latency=lambda: random.uniform(0, 0.3))
-    async with LocalServer(handler) as local, \
-            Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}) as tunnel:
+    async with (
+        LocalServer(handler) as local,
+        Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}) as tunnel,
+    ):
         _, port = await tunnel.server.add_addr("127.0.0.1:0", tunnel.identifier)
         routes[port] = local.addr
         payloads = [f"slow #{i}".encode() for i in range(100)]
@@ -198,7 +213,8 @@ async def test_multiple_stream_tcp():
     routes: dict[int, str] = {}
     async with contextlib.AsyncExitStack() as stack:
         tunnel = await stack.enter_async_context(
-            Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}))
+            Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)})
+        )
         server, ident = tunnel.server, tunnel.identifier
         targets: list[tuple[str, int, bytes]] = []  # (public host, public port, prefix)
         for name in (b"port-a:", b"port-b:"):
@@ -210,8 +226,7 @@ async def test_multiple_stream_tcp():
         local = await stack.enter_async_context(LocalServer(echo_handler(b"by-ip:")))
         host, port = await server.add_addr("0.0.0.0:0", ident, ip="127.0.0.2")
         assert host == "0.0.0.0"
-        assert await server.add_addr(f"0.0.0.0:{port}", ident, ip="127.0.0.1") == (
-            "0.0.0.0", port)
+        assert await server.add_addr(f"0.0.0.0:{port}", ident, ip="127.0.0.1") == ("0.0.0.0", port)
         routes[port] = local.addr
         targets += [("127.0.0.1", port, b"by-ip:"), ("127.0.0.2", port, b"by-ip:")]
 
@@ -221,22 +236,27 @@ async def test_multiple_stream_tcp():
             assert await exchange(port, payload, host) == prefix + payload + b"\n"
 
         async with aiohttp.ClientSession() as http:
+
             async def get(i: int) -> None:
-                async with http.get(f"{tunnel.url}/?echo=http{i}",
-                                    headers={"Host": tunnel.host}) as response:
+                async with http.get(
+                    f"{tunnel.url}/?echo=http{i}", headers={"Host": tunnel.host}
+                ) as response:
                     assert response.status == 200
                     assert await response.text() == f"http{i}"
 
-            await asyncio.wait_for(asyncio.gather(*(tcp(i) for i in range(40)),
-                                                  *(get(i) for i in range(20))), 30)
+            await asyncio.wait_for(
+                asyncio.gather(*(tcp(i) for i in range(40)), *(get(i) for i in range(20))), 30
+            )
 
 
 async def test_ip_route_is_chosen_by_the_local_address():
     """On a 0.0.0.0 listener with only an IP route for 127.0.0.2, a connection that arrives
     on 127.0.0.1 has no route and is closed; one on 127.0.0.2 is tunnelled."""
     routes: dict[int, str] = {}
-    async with LocalServer(echo_handler(b"ip:")) as local, \
-            Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}) as tunnel:
+    async with (
+        LocalServer(echo_handler(b"ip:")) as local,
+        Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}) as tunnel,
+    ):
         _, port = await tunnel.server.add_addr("0.0.0.0:0", tunnel.identifier, ip="127.0.0.2")
         routes[port] = local.addr
         assert await exchange(port, b"hi", "127.0.0.2") == b"ip:hi\n"
@@ -248,8 +268,10 @@ async def test_add_addr_refuses_a_port_that_another_listener_serves():
     """A second address with a port already tunnelled elsewhere must not be reported as
     listening (nor re-route the first listener's port); the same listener again is fine."""
     routes: dict[int, str] = {}
-    async with LocalServer(echo_handler(b"first:")) as local, \
-            Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}) as tunnel:
+    async with (
+        LocalServer(echo_handler(b"first:")) as local,
+        Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}) as tunnel,
+    ):
         server = tunnel.server
         _, port = await server.add_addr("127.0.0.1:0", tunnel.identifier)
         routes[port] = local.addr
@@ -260,8 +282,7 @@ async def test_add_addr_refuses_a_port_that_another_listener_serves():
             with pytest.raises(OSError):
                 await server.add_addr(sock, "SOMEONE-ELSE")
         assert server.registry.lookup_addr("127.0.0.1", port) == tunnel.identifier
-        assert await server.add_addr(f"127.0.0.1:{port}", tunnel.identifier) == (
-            "127.0.0.1", port)
+        assert await server.add_addr(f"127.0.0.1:{port}", tunnel.identifier) == ("127.0.0.1", port)
         assert await exchange(port, b"still mine") == b"first:still mine\n"
 
 
@@ -273,15 +294,16 @@ async def test_public_half_close_reaches_the_local_server():
     closes; the public client gets the whole answer, then EOF."""
     routes: dict[int, str] = {}
 
-    async def digest_then_close(reader: asyncio.StreamReader,
-                                writer: asyncio.StreamWriter) -> None:
+    async def digest_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         body = await reader.read()  # only returns at EOF
         writer.write(b"%d %s" % (len(body), hashlib.sha256(body).hexdigest().encode()))
         await writer.drain()
 
     payload = random.randbytes(300_000)
-    async with LocalServer(digest_then_close) as local, \
-            Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}) as tunnel:
+    async with (
+        LocalServer(digest_then_close) as local,
+        Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}) as tunnel,
+    ):
         _, port = await tunnel.server.add_addr("127.0.0.1:0", tunnel.identifier)
         routes[port] = local.addr
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -291,8 +313,7 @@ async def test_public_half_close_reaches_the_local_server():
             answer = await read_to_eof(reader)
         finally:
             writer.close()
-        assert answer == b"%d %s" % (len(payload),
-                                     hashlib.sha256(payload).hexdigest().encode())
+        assert answer == b"%d %s" % (len(payload), hashlib.sha256(payload).hexdigest().encode())
 
 
 async def test_public_half_close_without_any_data():
@@ -300,14 +321,15 @@ async def test_public_half_close_without_any_data():
     the client has dialled its local server."""
     routes: dict[int, str] = {}
 
-    async def count_then_close(reader: asyncio.StreamReader,
-                               writer: asyncio.StreamWriter) -> None:
+    async def count_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         body = await reader.read()
         writer.write(b"got %d bytes" % len(body))
         await writer.drain()
 
-    async with LocalServer(count_then_close) as local, \
-            Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}) as tunnel:
+    async with (
+        LocalServer(count_then_close) as local,
+        Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}) as tunnel,
+    ):
         _, port = await tunnel.server.add_addr("127.0.0.1:0", tunnel.identifier)
         routes[port] = local.addr
         for _ in range(5):
@@ -325,15 +347,18 @@ async def test_local_half_close_reaches_the_public_client():
     routes: dict[int, str] = {}
     received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
-    async def banner_then_listen(reader: asyncio.StreamReader,
-                                 writer: asyncio.StreamWriter) -> None:
+    async def banner_then_listen(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         writer.write(b"banner\n")
         writer.write_eof()
         data = await reader.read()
         received.set_result(data)
 
-    async with LocalServer(banner_then_listen) as local, \
-            Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}) as tunnel:
+    async with (
+        LocalServer(banner_then_listen) as local,
+        Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}) as tunnel,
+    ):
         _, port = await tunnel.server.add_addr("127.0.0.1:0", tunnel.identifier)
         routes[port] = local.addr
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -346,7 +371,8 @@ async def test_local_half_close_reaches_the_public_client():
             writer.write(b", and done")
             writer.write_eof()
             assert await asyncio.wait_for(received, TIMEOUT) == (
-                b"still talking after your EOF, and done")
+                b"still talking after your EOF, and done"
+            )
         finally:
             writer.close()
 
@@ -372,8 +398,10 @@ async def test_no_client_connected_closes_at_once():
 
 
 async def test_client_gone_closes_at_once():
-    async with LocalServer(echo_handler()) as local, \
-            Tunnel(client_kwargs={"tcp_local": {}}) as tunnel:
+    async with (
+        LocalServer(echo_handler()) as local,
+        Tunnel(client_kwargs={"tcp_local": {}}) as tunnel,
+    ):
         _, port = await tunnel.server.add_addr("127.0.0.1:0", tunnel.identifier)
         tunnel.client.tcp_local[port] = local.addr
         assert await exchange(port, b"before") == b"before\n"
@@ -399,6 +427,7 @@ async def test_local_server_down_closes_the_public_connection():
 
 async def test_failing_fetch_local_addr_closes_the_public_connection():
     """Whatever fetch_local_addr raises, the stream is closed instead of left hanging."""
+
     def fetch(port: int) -> str:
         raise LookupError(f"no local service for {port}")
 
@@ -424,6 +453,7 @@ async def test_public_side_gone_before_the_local_dial_closes_the_local_connectio
             local_eof.set_result(data)
 
     async with LocalServer(wait_for_eof) as local:
+
         async def fetch(port: int) -> str:
             asked.set()
             await release.wait()
@@ -441,8 +471,10 @@ async def test_public_side_gone_before_the_local_dial_closes_the_local_connectio
 
 async def test_delete_addr_stops_new_connections_but_open_ones_continue():
     routes: dict[int, str] = {}
-    async with LocalServer(echo_handler()) as local, \
-            Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}) as tunnel:
+    async with (
+        LocalServer(echo_handler()) as local,
+        Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}) as tunnel,
+    ):
         _, port = await tunnel.server.add_addr("127.0.0.1:0", tunnel.identifier)
         routes[port] = local.addr
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -473,7 +505,7 @@ async def test_twenty_mebibytes_both_ways():
     async def send_all(writer: asyncio.StreamWriter, data: bytes) -> None:
         view = memoryview(data)
         for offset in range(0, len(data), 1 << 18):
-            writer.write(view[offset:offset + (1 << 18)])
+            writer.write(view[offset : offset + (1 << 18)])
             await writer.drain()
         writer.write_eof()
 
@@ -489,8 +521,10 @@ async def test_twenty_mebibytes_both_ways():
         local_got.set_result(await digest(reader))
         await sender
 
-    async with LocalServer(local_side) as local, \
-            Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}) as tunnel:
+    async with (
+        LocalServer(local_side) as local,
+        Tunnel(client_kwargs={"fetch_local_addr": routes_fetcher(routes)}) as tunnel,
+    ):
         _, port = await tunnel.server.add_addr("127.0.0.1:0", tunnel.identifier)
         routes[port] = local.addr
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -501,5 +535,4 @@ async def test_twenty_mebibytes_both_ways():
         finally:
             writer.close()
         assert public_got == (size, hashlib.sha256(down).hexdigest())
-        assert await asyncio.wait_for(local_got, TIMEOUT) == (
-            size, hashlib.sha256(up).hexdigest())
+        assert await asyncio.wait_for(local_got, TIMEOUT) == (size, hashlib.sha256(up).hexdigest())

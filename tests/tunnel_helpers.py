@@ -70,8 +70,15 @@ def origin_app(latency: Callable[[], float] | None = None) -> web.Application:
 class Tunnel:
     """Origin + Server + Client on 127.0.0.1. ``host`` is the virtual host to send."""
 
-    def __init__(self, *, app: web.Application | None = None, server: Server | None = None,
-                 client_kwargs: dict | None = None, server_ssl=None, client_ssl=None) -> None:
+    def __init__(
+        self,
+        *,
+        app: web.Application | None = None,
+        server: Server | None = None,
+        client_kwargs: dict | None = None,
+        server_ssl=None,
+        client_ssl=None,
+    ) -> None:
         self.app = app or origin_app()
         self.server = server or Server()
         self.identifier = secrets.token_hex(8)
@@ -92,11 +99,14 @@ class Tunnel:
         self.server.add_host(self.host, self.identifier)
         scheme = "https" if self._server_ssl else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
-        kwargs = {"local_addr": self.origin,
-                  "backoff": ExponentialBackoff(initial=0.05, maximum=0.2)}
+        kwargs = {
+            "local_addr": self.origin,
+            "backoff": ExponentialBackoff(initial=0.05, maximum=0.2),
+        }
         kwargs.update(self._client_kwargs)
-        self.client = Client(f"127.0.0.1:{self.port}", self.identifier, ssl=self._client_ssl,
-                             **kwargs)
+        self.client = Client(
+            f"127.0.0.1:{self.port}", self.identifier, ssl=self._client_ssl, **kwargs
+        )
         self.client_task = asyncio.ensure_future(self.client.start())
         await self.client.wait_connected(timeout=10)
         await self.wait_server_sees_client()
@@ -106,6 +116,7 @@ class Tunnel:
         async def poll() -> None:
             while not self.server.is_connected(self.identifier):
                 await asyncio.sleep(0.01)
+
         await asyncio.wait_for(poll(), timeout)
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -115,8 +126,9 @@ class Tunnel:
         await self._runner.cleanup()
 
 
-async def raw_request(port: int, data: bytes, *, read_until_close: bool = True,
-                      timeout: float = 10) -> bytes:
+async def raw_request(
+    port: int, data: bytes, *, read_until_close: bool = True, timeout: float = 10
+) -> bytes:
     """Send raw bytes to 127.0.0.1:port and return everything read until EOF."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:

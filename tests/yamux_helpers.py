@@ -32,8 +32,9 @@ class SessionPair:
     client: Session
     server: Session
 
-    def __init__(self, client_config: Config | None = None,
-                 server_config: Config | None = None) -> None:
+    def __init__(
+        self, client_config: Config | None = None, server_config: Config | None = None
+    ) -> None:
         self._client_config = client_config
         self._server_config = server_config
 
@@ -50,7 +51,8 @@ class SessionPair:
         self._listener = await loop.create_server(server_factory, "127.0.0.1", 0)
         port = self._listener.sockets[0].getsockname()[1]
         _, self.client = await loop.create_connection(
-            lambda: Session(client=True, config=self._client_config), "127.0.0.1", port)
+            lambda: Session(client=True, config=self._client_config), "127.0.0.1", port
+        )
         self.server = await asyncio.wait_for(made, 5)
         return self
 
@@ -66,8 +68,9 @@ class RawPeer:
 
     session: Session
 
-    def __init__(self, *, session_is_client: bool, config: Config | None = None,
-                 protocol_factory=None) -> None:
+    def __init__(
+        self, *, session_is_client: bool, config: Config | None = None, protocol_factory=None
+    ) -> None:
         self._session_is_client = session_is_client
         self._config = config
         self._protocol_factory = protocol_factory
@@ -75,7 +78,8 @@ class RawPeer:
     async def __aenter__(self) -> RawPeer:
         loop = asyncio.get_running_loop()
         accepted: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
-            loop.create_future())
+            loop.create_future()
+        )
 
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             accepted.set_result((reader, writer))
@@ -83,9 +87,14 @@ class RawPeer:
         self._listener = await asyncio.start_server(on_connect, "127.0.0.1", 0)
         port = self._listener.sockets[0].getsockname()[1]
         _, self.session = await loop.create_connection(
-            lambda: Session(client=self._session_is_client, config=self._config,
-                            protocol_factory=self._protocol_factory),
-            "127.0.0.1", port)
+            lambda: Session(
+                client=self._session_is_client,
+                config=self._config,
+                protocol_factory=self._protocol_factory,
+            ),
+            "127.0.0.1",
+            port,
+        )
         self.reader, self.writer = await asyncio.wait_for(accepted, 5)
         return self
 
@@ -107,8 +116,9 @@ class RawPeer:
             payload = await asyncio.wait_for(self.reader.readexactly(length), timeout)
         return Frame(frame_type, flags, stream_id, length, payload)
 
-    async def expect(self, frame_type: int, stream_id: int | None = None,
-                     timeout: float = 5) -> Frame:
+    async def expect(
+        self, frame_type: int, stream_id: int | None = None, timeout: float = 5
+    ) -> Frame:
         """The next frame of ``frame_type`` (and stream), skipping window updates without
         flags that are not asked for."""
         while True:

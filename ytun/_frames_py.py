@@ -21,8 +21,14 @@ from ._const import (
 )
 from .errors import ProtocolError
 
-__all__ = ["DEFAULT_MAX_PAYLOAD", "FlowWindow", "FrameParser", "decode_header", "encode_frame",
-           "encode_header"]
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD",
+    "FlowWindow",
+    "FrameParser",
+    "decode_header",
+    "encode_frame",
+    "encode_header",
+]
 
 DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 
@@ -61,8 +67,19 @@ class FrameParser:
     parser refuses further input, since the byte stream can no longer be trusted.
     """
 
-    __slots__ = ("_on_data", "_on_window_update", "_on_ping", "_on_go_away", "_max_payload",
-                 "_head", "_parts", "_missing", "_stream_id", "_flags", "_failed")
+    __slots__ = (
+        "_on_data",
+        "_on_window_update",
+        "_on_ping",
+        "_on_go_away",
+        "_max_payload",
+        "_head",
+        "_parts",
+        "_missing",
+        "_stream_id",
+        "_flags",
+        "_failed",
+    )
 
     def __init__(self, handler: Any, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         if not 0 <= max_payload <= MAX_WINDOW:
@@ -119,8 +136,9 @@ class FrameParser:
         if pos < end:
             self._head = bytes(data[pos:])
 
-    def _frame(self, header: tuple[int, int, int, int, int], data: memoryview, pos: int,
-               end: int) -> int:
+    def _frame(
+        self, header: tuple[int, int, int, int, int], data: memoryview, pos: int, end: int
+    ) -> int:
         """Dispatch the frame whose header is given and whose body starts at ``pos``."""
         version, frame_type, flags, stream_id, length = header
         if version != PROTO_VERSION:
@@ -132,8 +150,9 @@ class FrameParser:
                 self._on_window_update(stream_id, flags, length)
                 return pos
             if length > self._max_payload:
-                raise ProtocolError(f"data frame of {length} bytes exceeds the "
-                                    f"{self._max_payload}-byte limit")
+                raise ProtocolError(
+                    f"data frame of {length} bytes exceeds the {self._max_payload}-byte limit"
+                )
             if end - pos >= length:
                 self._on_data(stream_id, flags, bytes(data[pos : pos + length]))
                 return pos + length
@@ -186,8 +205,9 @@ class FlowWindow:
 
     def receive(self, size: int) -> None:
         if size > self.recv_credit:
-            raise ProtocolError(f"peer sent {size} bytes beyond a receive window of "
-                                f"{self.recv_credit}")
+            raise ProtocolError(
+                f"peer sent {size} bytes beyond a receive window of {self.recv_credit}"
+            )
         self.recv_credit -= size
         self.buffered += size
 
@@ -200,8 +220,9 @@ class FlowWindow:
     def receive_consumed(self, size: int) -> int:
         """``receive`` then ``consume`` in one call, for data handed straight on."""
         if size > self.recv_credit:
-            raise ProtocolError(f"peer sent {size} bytes beyond a receive window of "
-                                f"{self.recv_credit}")
+            raise ProtocolError(
+                f"peer sent {size} bytes beyond a receive window of {self.recv_credit}"
+            )
         self.recv_credit -= size
         return self.update(False)
 

@@ -44,22 +44,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     server = commands.add_parser("server", help="run the public tunnel server")
     server.add_argument("--listen", default="127.0.0.1:8000", help="HOST:PORT to listen on")
-    server.add_argument("--host", action="append", default=[], metavar="HOST=IDENTIFIER",
-                        help="route this virtual host to the client with IDENTIFIER")
-    server.add_argument("--tcp", action="append", default=[], metavar="ADDR=IDENTIFIER",
-                        help="listen on ADDR (HOST:PORT) and tunnel its TCP connections")
+    server.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="HOST=IDENTIFIER",
+        help="route this virtual host to the client with IDENTIFIER",
+    )
+    server.add_argument(
+        "--tcp",
+        action="append",
+        default=[],
+        metavar="ADDR=IDENTIFIER",
+        help="listen on ADDR (HOST:PORT) and tunnel its TCP connections",
+    )
     server.add_argument("--tls-cert", help="certificate chain (PEM) for TLS on --listen")
     server.add_argument("--tls-key", help="private key (PEM) for --tls-cert")
-    server.add_argument("--no-forwarded-headers", action="store_true",
-                        help="do not add X-Forwarded-For/-Proto/-Host")
+    server.add_argument(
+        "--no-forwarded-headers",
+        action="store_true",
+        help="do not add X-Forwarded-For/-Proto/-Host",
+    )
 
     client = commands.add_parser("client", help="run a tunnel client next to your service")
     client.add_argument("--server", required=True, help="HOST:PORT of the tunnel server")
     client.add_argument("--identifier", required=True, help="the secret this client uses")
-    client.add_argument("--local", help="HOST:PORT of the local HTTP service "
-                        "(default 127.0.0.1 and the port of the public Host)")
-    client.add_argument("--tcp-local", action="append", default=[], metavar="PORT=ADDR",
-                        help="send TCP tunnels of public PORT to local ADDR")
+    client.add_argument(
+        "--local",
+        help="HOST:PORT of the local HTTP service "
+        "(default 127.0.0.1 and the port of the public Host)",
+    )
+    client.add_argument(
+        "--tcp-local",
+        action="append",
+        default=[],
+        metavar="PORT=ADDR",
+        help="send TCP tunnels of public PORT to local ADDR",
+    )
     client.add_argument("--tls", action="store_true", help="connect to the server over TLS")
     client.add_argument("--tls-ca", help="CA bundle (PEM) to verify the server with")
 
@@ -67,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8000, help="public port (default 8000)")
 
     for sub in (server, client, demo):
-        sub.add_argument("--log-level", default="info",
-                         choices=["debug", "info", "warning", "error"])
+        sub.add_argument(
+            "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        )
     return parser
 
 
@@ -108,8 +130,9 @@ def make_client(args: argparse.Namespace) -> Client:
     context = None
     if args.tls or args.tls_ca:
         context = ssl.create_default_context(cafile=args.tls_ca)
-    return Client(args.server, args.identifier, local_addr=args.local, tcp_local=tcp_local,
-                  ssl=context)
+    return Client(
+        args.server, args.identifier, local_addr=args.local, tcp_local=tcp_local, ssl=context
+    )
 
 
 async def _until_signal(work: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -149,8 +172,7 @@ async def main_async(args: argparse.Namespace) -> None:
         server.add_host(f"demo.localhost:{args.port}", identifier)
         server.add_host("demo.localhost", identifier)
         await server.serve("127.0.0.1", args.port)
-        client = Client(f"127.0.0.1:{args.port}", identifier,
-                        local_addr=f"127.0.0.1:{app_port}")
+        client = Client(f"127.0.0.1:{args.port}", identifier, local_addr=f"127.0.0.1:{app_port}")
         task = asyncio.ensure_future(client.start())
         await client.wait_connected(timeout=10)
         _print(f"ytun demo: open http://demo.localhost:{args.port}/  (Ctrl-C to stop)")
@@ -166,10 +188,14 @@ async def main_async(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         import uvloop
+
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run

@@ -68,8 +68,14 @@ class Backoff(Protocol):
 class ExponentialBackoff:
     """koding/tunnel's default: 0.5 s, ×1.5 per attempt, at most 60 s, ±50 % jitter."""
 
-    def __init__(self, initial: float = 0.5, multiplier: float = 1.5, maximum: float = 60.0,
-                 jitter: float = 0.5, max_attempts: int | None = None) -> None:
+    def __init__(
+        self,
+        initial: float = 0.5,
+        multiplier: float = 1.5,
+        maximum: float = 60.0,
+        jitter: float = 0.5,
+        max_attempts: int | None = None,
+    ) -> None:
         self.initial, self.multiplier, self.maximum = initial, multiplier, maximum
         self.jitter, self.max_attempts = jitter, max_attempts
         self.reset()
@@ -106,17 +112,22 @@ class Client:
     ``fetch_local_addr(port)``, else ``127.0.0.1:<port>``.
     """
 
-    def __init__(self, server_addr: str | None = None, identifier: str | None = None, *,
-                 fetch_server_addr: StringSource | None = None,
-                 fetch_identifier: StringSource | None = None,
-                 local_addr: str | None = None,
-                 tcp_local: dict[int, str] | None = None,
-                 fetch_local_addr: AddressSource | None = None,
-                 ssl: ssl_module.SSLContext | None = None,
-                 backoff: Backoff | None = None,
-                 yamux_config: Config | None = None,
-                 on_state_change: Callable[[ClientStateChange], None] | None = None,
-                 dial_timeout: float = proto.CONTROL_TIMEOUT) -> None:
+    def __init__(
+        self,
+        server_addr: str | None = None,
+        identifier: str | None = None,
+        *,
+        fetch_server_addr: StringSource | None = None,
+        fetch_identifier: StringSource | None = None,
+        local_addr: str | None = None,
+        tcp_local: dict[int, str] | None = None,
+        fetch_local_addr: AddressSource | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        backoff: Backoff | None = None,
+        yamux_config: Config | None = None,
+        on_state_change: Callable[[ClientStateChange], None] | None = None,
+        dial_timeout: float = proto.CONTROL_TIMEOUT,
+    ) -> None:
         if not server_addr and fetch_server_addr is None:
             raise ValueError("neither server_addr nor fetch_server_addr is set")
         if not identifier and fetch_identifier is None:
@@ -195,8 +206,10 @@ class Client:
             if not first:
                 delay = self.backoff.next_delay()
                 if delay is None or delay < 0:
-                    self._set_state(ClientState.CLOSED, RedialAbortedError(
-                        "unable to restore the connection, aborting"))
+                    self._set_state(
+                        ClientState.CLOSED,
+                        RedialAbortedError("unable to restore the connection, aborting"),
+                    )
                     return
                 await self._sleep(delay)
                 if self._closing:
@@ -229,9 +242,16 @@ class Client:
             raise TunnelError("empty identifier or server address")
         host, port = _parse_addr(server_addr, 443 if self.ssl else 80)
         loop = asyncio.get_running_loop()
-        transport, handshake = await asyncio.wait_for(loop.create_connection(
-            lambda: _ConnectHandshake(identifier), host, port, ssl=self.ssl,
-            server_hostname=host if self.ssl else None), self.dial_timeout)
+        transport, handshake = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: _ConnectHandshake(identifier),
+                host,
+                port,
+                ssl=self.ssl,
+                server_hostname=host if self.ssl else None,
+            ),
+            self.dial_timeout,
+        )
         self._dialing = transport  # close() aborts it
         try:
             if self._closing:
@@ -282,8 +302,7 @@ class Client:
             try:
                 await asyncio.wait_for(self._idle.wait(), grace)
             except asyncio.TimeoutError:
-                logger.warning("closing with %d HTTP requests still in flight",
-                               self._http_streams)
+                logger.warning("closing with %d HTTP requests still in flight", self._http_streams)
         session.close()
         await session.wait_closed()
 
@@ -294,8 +313,9 @@ class Client:
             return _LocalDialer(self, message)
         if message.protocol == proto.TCP:
             return _LocalDialer(self, message)
-        logger.error("server asked for unknown transport protocol %d; closing the stream",
-                     message.protocol)
+        logger.error(
+            "server asked for unknown transport protocol %d; closing the stream", message.protocol
+        )
         return _Refuser()
 
     async def _local_address(self, message: proto.ControlMessage) -> tuple[str, int]:
@@ -344,8 +364,11 @@ class _ConnectHandshake(asyncio.Protocol):
             self.done.set_result(extra)
         else:
             body = extra.decode("utf-8", "replace").strip()
-            self.done.set_exception(TunnelError(
-                f"tunnel server error: status={status.partition(' ')[2][:3]}, body={body}"))
+            self.done.set_exception(
+                TunnelError(
+                    f"tunnel server error: status={status.partition(' ')[2][:3]}, body={body}"
+                )
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
@@ -398,7 +421,8 @@ class _ClientControl(asyncio.Protocol):
             message = self._backlog[0]
             try:
                 self._session.open_stream_nowait(
-                    lambda message=message: self._client._stream_protocol(message))
+                    lambda message=message: self._client._stream_protocol(message)
+                )
             except StreamLimitError:
                 self._opener = asyncio.get_running_loop().create_task(self._open_later())
                 return
@@ -465,11 +489,16 @@ class _LocalDialer(PipeEnd):
         client = self._client
         try:
             host, port = await client._local_address(self._message)
-            await asyncio.wait_for(asyncio.get_running_loop().create_connection(
-                lambda: self._pipe.sides[1], host, port), client.dial_timeout)
+            await asyncio.wait_for(
+                asyncio.get_running_loop().create_connection(
+                    lambda: self._pipe.sides[1], host, port
+                ),
+                client.dial_timeout,
+            )
         except Exception as exc:  # also whatever a user's fetch_local_addr raises
-            logger.error("dialing the local service for port %d failed: %s",
-                         self._message.local_port, exc)
+            logger.error(
+                "dialing the local service for port %d failed: %s", self._message.local_port, exc
+            )
             if stream.is_closing():
                 return
             if self._message.protocol != proto.TCP:

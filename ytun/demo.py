@@ -43,13 +43,19 @@ class DemoApp(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         DemoApp.requests += 1
-        body = PAGE.format(origin=self._origin, count=DemoApp.requests,
-                           host=html.escape(self._host.decode("latin-1"))).encode()
+        body = PAGE.format(
+            origin=self._origin,
+            count=DemoApp.requests,
+            host=html.escape(self._host.decode("latin-1")),
+        ).encode()
         keep_alive = self._parser.should_keep_alive()
         self._transport.write(  # type: ignore[union-attr]
             b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
             + f"Content-Length: {len(body)}\r\n".encode()
-            + (b"" if keep_alive else b"Connection: close\r\n") + b"\r\n" + body)
+            + (b"" if keep_alive else b"Connection: close\r\n")
+            + b"\r\n"
+            + body
+        )
         if not keep_alive:
             self._transport.close()  # type: ignore[union-attr]
 

@@ -26,5 +26,13 @@ decode_header = implementation.decode_header
 encode_frame = implementation.encode_frame
 encode_header = implementation.encode_header
 
-__all__ = ["DEFAULT_MAX_PAYLOAD", "NO_EXTENSIONS", "FlowWindow", "FrameParser",
-           "decode_header", "encode_frame", "encode_header", "implementation"]
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD",
+    "NO_EXTENSIONS",
+    "FlowWindow",
+    "FrameParser",
+    "decode_header",
+    "encode_frame",
+    "encode_header",
+    "implementation",
+]

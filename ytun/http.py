@@ -24,8 +24,18 @@ class HttpError(Exception):
 class RequestHead:
     """What the server needs from one request head."""
 
-    __slots__ = ("method", "target", "version", "host", "keep_alive", "upgrade", "websocket",
-                 "content_length", "chunked", "identifier")
+    __slots__ = (
+        "method",
+        "target",
+        "version",
+        "host",
+        "keep_alive",
+        "upgrade",
+        "websocket",
+        "content_length",
+        "chunked",
+        "identifier",
+    )
 
     def __init__(self) -> None:
         self.host = b""
@@ -101,8 +111,7 @@ def find_head_end(data: bytes | bytearray, start: int = 0) -> int:
 class ResponseHead:
     __slots__ = ("status", "content_length", "chunked", "close")
 
-    def __init__(self, status: int, content_length: int | None, chunked: bool,
-                 close: bool) -> None:
+    def __init__(self, status: int, content_length: int | None, chunked: bool, close: bool) -> None:
         self.status = status
         self.content_length = content_length
         self.chunked = chunked
@@ -148,8 +157,9 @@ class BodyScanner:
 
     __slots__ = ("remaining", "chunked", "until_close", "done", "_state", "_line")
 
-    def __init__(self, content_length: int | None = 0, *, chunked: bool = False,
-                 until_close: bool = False) -> None:
+    def __init__(
+        self, content_length: int | None = 0, *, chunked: bool = False, until_close: bool = False
+    ) -> None:
         self.chunked = chunked
         self.until_close = until_close
         self.remaining = content_length or 0
@@ -204,19 +214,28 @@ class BodyScanner:
         return pos
 
 
-_REASONS = {400: "Bad Request", 405: "Method Not Allowed", 431: "Request Header Fields Too Large",
-            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+_REASONS = {
+    400: "Bad Request",
+    405: "Method Not Allowed",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
 
 
-def error_response(status: int, message: str, *, close: bool = False,
-                   version: str = "1.1") -> bytes:
+def error_response(
+    status: int, message: str, *, close: bool = False, version: str = "1.1"
+) -> bytes:
     """A plain-text error in the shape of Go's ``http.Error`` (the body ends with LF)."""
     body = (message + "\n").encode("utf-8")
     connection = "Connection: close\r\n" if close else ""
-    return (f"HTTP/{version} {status} {_REASONS.get(status, 'Error')}\r\n"
-            "Content-Type: text/plain; charset=utf-8\r\n"
-            "X-Content-Type-Options: nosniff\r\n"
-            f"Content-Length: {len(body)}\r\n{connection}\r\n").encode("latin-1") + body
+    return (
+        f"HTTP/{version} {status} {_REASONS.get(status, 'Error')}\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        "X-Content-Type-Options: nosniff\r\n"
+        f"Content-Length: {len(body)}\r\n{connection}\r\n"
+    ).encode("latin-1") + body
 
 
 def go_quote(text: str) -> str:

@@ -29,14 +29,15 @@ MAX_CONTROL_MESSAGE = 64 * 1024
 
 def connect_request(host: str, identifier: str) -> bytes:
     """The CONNECT the Go client sends, byte for byte."""
-    return (f"CONNECT {CONTROL_PATH} HTTP/1.1\r\nHost: {host}\r\n"
-            f"User-Agent: Go-http-client/1.1\r\n{IDENTIFIER_HEADER}: {identifier}\r\n\r\n"
-            ).encode("latin-1")
+    return (
+        f"CONNECT {CONTROL_PATH} HTTP/1.1\r\nHost: {host}\r\n"
+        f"User-Agent: Go-http-client/1.1\r\n{IDENTIFIER_HEADER}: {identifier}\r\n\r\n"
+    ).encode("latin-1")
 
 
 def control_message(protocol: int, local_port: int) -> bytes:
     """One server → client ControlMessage, as Go's json.Encoder writes it."""
-    return (b'{"action":1,"transportProtocol":%d,"localPort":%d}\n' % (protocol, local_port))
+    return b'{"action":1,"transportProtocol":%d,"localPort":%d}\n' % (protocol, local_port)
 
 
 @dataclass(frozen=True)
@@ -59,14 +60,14 @@ class ControlDecoder:
 
     def feed(self, data: bytes) -> list[ControlMessage]:
         """Messages completed by ``data``; raises ``ValueError`` on anything but objects."""
-        text = (self._pending + data)
+        text = self._pending + data
         try:
             chunk = text.decode("utf-8")
             self._pending = b""
         except UnicodeDecodeError as exc:
             if exc.start < len(text) - 3:
                 raise ValueError("control stream is not UTF-8") from exc
-            chunk, self._pending = text[:exc.start].decode("utf-8"), text[exc.start:]
+            chunk, self._pending = text[: exc.start].decode("utf-8"), text[exc.start :]
         self._buffer += chunk
         messages = []
         while True:
@@ -87,9 +88,13 @@ class ControlDecoder:
             if not isinstance(value, dict):
                 raise ValueError("control message is not a JSON object")
             fields = {key.lower(): item for key, item in value.items()}
-            messages.append(ControlMessage(_int(fields.get("action")),
-                                           _int(fields.get("transportprotocol")),
-                                           _int(fields.get("localport"))))
+            messages.append(
+                ControlMessage(
+                    _int(fields.get("action")),
+                    _int(fields.get("transportprotocol")),
+                    _int(fields.get("localport")),
+                )
+            )
         return messages
 
 

@@ -69,8 +69,13 @@ class PublicProtocol(asyncio.Protocol):
             peer = transport.get_extra_info("peername")
             scheme = b"https" if transport.get_extra_info("sslcontext") else b"http"
             address = peer[0].encode() if isinstance(peer, tuple) else b""
-            self._forwarded = (b"X-Forwarded-For: " + address + b"\r\nX-Forwarded-Proto: "
-                               + scheme + b"\r\nX-Forwarded-Host: ")
+            self._forwarded = (
+                b"X-Forwarded-For: "
+                + address
+                + b"\r\nX-Forwarded-Proto: "
+                + scheme
+                + b"\r\nX-Forwarded-Host: "
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _CLOSED
@@ -198,8 +203,11 @@ class PublicProtocol(asyncio.Protocol):
             self._state = _CONTROL
             return True
         identifier, kind, port = self._route(head)
-        if tunnel is not None and tunnel.busy and (
-                identifier is None or tunnel.key != (identifier, kind, port)):
+        if (
+            tunnel is not None
+            and tunnel.busy
+            and (identifier is None or tunnel.key != (identifier, kind, port))
+        ):
             return False
         if identifier is None:
             self._answer(head, kind, port)  # type: ignore[arg-type]
@@ -240,10 +248,21 @@ class PublicProtocol(asyncio.Protocol):
         close = not head.keep_alive
         version = "1.0" if head.version == "1.0" else "1.1"
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info('%s "%s %s" %d', self._peer(), head.method.decode("latin-1"),
-                            head.target.decode("latin-1"), status)
-        self._transport.write(error_response(status, message, close=close,  # type: ignore[union-attr]
-                                             version=version))
+            access_log.info(
+                '%s "%s %s" %d',
+                self._peer(),
+                head.method.decode("latin-1"),
+                head.target.decode("latin-1"),
+                status,
+            )
+        self._transport.write(
+            error_response(
+                status,
+                message,
+                close=close,  # type: ignore[union-attr]
+                version=version,
+            )
+        )
         if close:
             self._last_request = True
             self._transport.close()  # type: ignore[union-attr]
@@ -461,9 +480,14 @@ class Tunnel(asyncio.Protocol):
         request = self._requests[0]
         status = head.status
         if access_log.isEnabledFor(logging.INFO) and not 100 <= status < 200:
-            access_log.info('%s "%s %s" %d %s', self._public._peer(),
-                            request.method.decode("latin-1"), request.target.decode("latin-1"),
-                            status, request.host.decode("latin-1"))
+            access_log.info(
+                '%s "%s %s" %d %s',
+                self._public._peer(),
+                request.method.decode("latin-1"),
+                request.target.decode("latin-1"),
+                status,
+                request.host.decode("latin-1"),
+            )
         if status == 101:
             self._raw = True
             self._requests.clear()

@@ -13,7 +13,7 @@ def split_host_port(host: str) -> tuple[str, int]:
     """``("example.com", 8000)`` from ``example.com:8000``; port 0 when absent or invalid."""
     if host.startswith("["):  # [v6]:port
         bracket = host.find("]")
-        name, rest = host[1:bracket], host[bracket + 1:]
+        name, rest = host[1:bracket], host[bracket + 1 :]
         port_text = rest[1:] if rest.startswith(":") else ""
     elif host.count(":") == 1:
         name, port_text = host.split(":")

@@ -61,11 +61,18 @@ class Server:
     clients' control connections.
     """
 
-    def __init__(self, *, registry: Registry | None = None, yamux_config: Config | None = None,
-                 forwarded_headers: bool = True, stream_timeout: float = proto.CONTROL_TIMEOUT,
-                 handshake_timeout: float = proto.CONTROL_TIMEOUT,
-                 duplicate_ping_timeout: float = 2.0, max_head_size: int = 64 * 1024,
-                 on_state_change: Callable[[ServerStateChange], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        registry: Registry | None = None,
+        yamux_config: Config | None = None,
+        forwarded_headers: bool = True,
+        stream_timeout: float = proto.CONTROL_TIMEOUT,
+        handshake_timeout: float = proto.CONTROL_TIMEOUT,
+        duplicate_ping_timeout: float = 2.0,
+        max_head_size: int = 64 * 1024,
+        on_state_change: Callable[[ServerStateChange], None] | None = None,
+    ) -> None:
         self.registry = registry if registry is not None else MemoryRegistry()
         self.yamux_config = yamux_config
         self.forwarded_headers = forwarded_headers
@@ -93,8 +100,9 @@ class Server:
     def delete_host(self, host: str) -> None:
         self.registry.delete_host(host)
 
-    async def add_addr(self, address: str | socket.socket, identifier: str, *,
-                       ip: str | None = None) -> tuple[str, int]:
+    async def add_addr(
+        self, address: str | socket.socket, identifier: str, *, ip: str | None = None
+    ) -> tuple[str, int]:
         """Tunnel raw TCP: listen on ``address`` (``host:port`` or a listening socket) and
         route its connections to a client, by port, or by local IP when ``ip`` is given.
         Returns the listening address."""
@@ -108,17 +116,20 @@ class Server:
         existing = self._tcp_servers.get(port) if port else None
         if existing is not None:  # only the same listener again (e.g. for another ip route)
             bound = [sock.getsockname()[0] for sock in existing.sockets]
-            same = ([sock.fileno() for sock in existing.sockets] == [address.fileno()]
-                    if isinstance(address, socket.socket) else sock_name[0] in bound)
+            same = (
+                [sock.fileno() for sock in existing.sockets] == [address.fileno()]
+                if isinstance(address, socket.socket)
+                else sock_name[0] in bound
+            )
             if not same:
-                raise OSError(errno.EADDRINUSE,
-                              f"port {port} is already tunnelled on {', '.join(bound)}")
+                raise OSError(
+                    errno.EADDRINUSE, f"port {port} is already tunnelled on {', '.join(bound)}"
+                )
         if port == 0 or port not in self._tcp_servers:
             if isinstance(address, socket.socket):
                 listener = await loop.create_server(lambda: _TcpPublic(self), sock=address)
             else:
-                listener = await loop.create_server(lambda: _TcpPublic(self), sock_name[0],
-                                                    port)
+                listener = await loop.create_server(lambda: _TcpPublic(self), sock_name[0], port)
             sock_name = listener.sockets[0].getsockname()
             port = sock_name[1]
             self._tcp_servers[port] = listener
@@ -146,8 +157,11 @@ class Server:
     @property
     def clients(self) -> list[ClientInfo]:
         """The connected clients (labelled by host, never by identifier)."""
-        return [ClientInfo(link.label, link.peer, link.connected_at, link.session.stream_count)
-                for link in self._links.values() if link.connected]
+        return [
+            ClientInfo(link.label, link.peer, link.connected_at, link.session.stream_count)
+            for link in self._links.values()
+            if link.connected
+        ]
 
     def is_connected(self, identifier: str) -> bool:
         link = self._links.get(identifier)
@@ -158,17 +172,25 @@ class Server:
     def protocol_factory(self) -> PublicProtocol:
         return PublicProtocol(self)
 
-    async def serve(self, host: str = "127.0.0.1", port: int = 0, *,
-                    ssl: ssl_module.SSLContext | None = None,
-                    sock: socket.socket | None = None, backlog: int = 1024) -> asyncio.Server:
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        sock: socket.socket | None = None,
+        backlog: int = 1024,
+    ) -> asyncio.Server:
         """Start listening; the returned server tells the bound address."""
         loop = asyncio.get_running_loop()
         if sock is not None:
-            listener = await loop.create_server(self.protocol_factory, sock=sock, ssl=ssl,
-                                                backlog=backlog)
+            listener = await loop.create_server(
+                self.protocol_factory, sock=sock, ssl=ssl, backlog=backlog
+            )
         else:
-            listener = await loop.create_server(self.protocol_factory, host, port, ssl=ssl,
-                                                backlog=backlog)
+            listener = await loop.create_server(
+                self.protocol_factory, host, port, ssl=ssl, backlog=backlog
+            )
         self._servers.append(listener)
         return listener
 
@@ -181,7 +203,8 @@ class Server:
             link.session.go_away()
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(
-                not public.idle for public in self._public_connections):
+            not public.idle for public in self._public_connections
+        ):
             await asyncio.sleep(0.05)
         for public in list(self._public_connections):
             public.close()
@@ -194,17 +217,22 @@ class Server:
 
     # -- clients -------------------------------------------------------------------------
 
-    def _take_over_control(self, public: PublicProtocol, head: RequestHead,
-                           extra: bytes) -> None:
+    def _take_over_control(self, public: PublicProtocol, head: RequestHead, extra: bytes) -> None:
         """A CONNECT on the control path: check the identifier, then run yamux on it."""
         transport = public._transport
         assert transport is not None
         identifier = head.identifier.decode("latin-1")
         if not identifier or not self.registry.has_host(identifier):
-            transport.write(error_response(
-                502, "no host associated for identifier. please use server.AddHost()"))
-            self._set_state(identifier, ServerState.CLOSED,
-                            ConnectionRefusedError("no host associated for identifier"))
+            transport.write(
+                error_response(
+                    502, "no host associated for identifier. please use server.AddHost()"
+                )
+            )
+            self._set_state(
+                identifier,
+                ServerState.CLOSED,
+                ConnectionRefusedError("no host associated for identifier"),
+            )
             public._state = 0  # back to reading requests (keep-alive, as the original)
             if extra:
                 public._process(extra)
@@ -216,11 +244,13 @@ class Server:
         # Duplicate identifier: keep a live client, replace a dead one (no kick-both flapping).
         transport.pause_reading()
         task = asyncio.get_running_loop().create_task(
-            self._resolve_duplicate(existing, identifier, transport, extra))
+            self._resolve_duplicate(existing, identifier, transport, extra)
+        )
         task.add_done_callback(_report)
 
-    async def _resolve_duplicate(self, existing: ClientLink, identifier: str,
-                                 transport: asyncio.Transport, extra: bytes) -> None:
+    async def _resolve_duplicate(
+        self, existing: ClientLink, identifier: str, transport: asyncio.Transport, extra: bytes
+    ) -> None:
         try:
             await asyncio.wait_for(existing.session.ping(), self.duplicate_ping_timeout)
             alive = True
@@ -229,8 +259,7 @@ class Server:
         if transport.is_closing():
             return
         if alive and self._links.get(identifier) is existing:
-            logger.warning("refused a second client for %s: the first one is alive",
-                           existing.label)
+            logger.warning("refused a second client for %s: the first one is alive", existing.label)
             transport.write(error_response(502, "control conn already exist. \n", close=True))
             transport.close()
             return
@@ -240,8 +269,7 @@ class Server:
         transport.resume_reading()
         self._accept_client(identifier, transport, extra)
 
-    def _accept_client(self, identifier: str, transport: asyncio.Transport,
-                       extra: bytes) -> None:
+    def _accept_client(self, identifier: str, transport: asyncio.Transport, extra: bytes) -> None:
         # The connection is the client's session now, no longer a public one: close() must
         # leave it to the session (closing an asyncio SSL transport twice breaks writes).
         self._public_connections.discard(transport.get_protocol())  # type: ignore[arg-type]
@@ -270,8 +298,9 @@ class Server:
             except Exception:
                 logger.exception("connect/disconnect callback failed")
 
-    def _set_state(self, identifier: str, state: ServerState,
-                   error: BaseException | None = None) -> None:
+    def _set_state(
+        self, identifier: str, state: ServerState, error: BaseException | None = None
+    ) -> None:
         previous = self._states.get(identifier, ServerState.UNKNOWN)
         self._states[identifier] = state
         change = ServerStateChange(self.registry.label(identifier), previous, state, error)
@@ -300,9 +329,12 @@ class ClientLink:
 
     def start(self, transport: asyncio.Transport, extra: bytes) -> None:
         self.peer = transport.get_extra_info("peername")
-        self.session = Session(client=False, config=self._server.yamux_config,
-                               protocol_factory=self._next_protocol,
-                               on_remote_go_away=self._client_leaving)
+        self.session = Session(
+            client=False,
+            config=self._server.yamux_config,
+            protocol_factory=self._next_protocol,
+            on_remote_go_away=self._client_leaving,
+        )
         self.session.take_over(transport, extra)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._server.handshake_timeout, self._handshake_timed_out)
@@ -340,7 +372,8 @@ class ClientLink:
             raise ConnectionError("no client session established")
         waiter = _StreamWaiter(protocol)
         waiter.timer = asyncio.get_running_loop().call_later(
-            self._server.stream_timeout, waiter.expire)
+            self._server.stream_timeout, waiter.expire
+        )
         self._control.send(proto.control_message(kind, port))
         self._waiters.append(waiter)
 

@@ -5,5 +5,11 @@ from .config import Config
 from .session import Session
 from .stream import Stream
 
-__all__ = ["Config", "Session", "Stream", "StreamConnection", "accept_connection",
-           "open_connection"]
+__all__ = [
+    "Config",
+    "Session",
+    "Stream",
+    "StreamConnection",
+    "accept_connection",
+    "open_connection",
+]

@@ -41,9 +41,17 @@ class Config:
     pong_backlog: int = 64
 
     def __post_init__(self) -> None:
-        positive = ("accept_backlog", "max_streams", "max_unacked_streams", "max_frame_payload",
-                    "max_recv_payload", "ping_timeout", "stream_write_high",
-                    "transport_write_high", "pong_backlog")
+        positive = (
+            "accept_backlog",
+            "max_streams",
+            "max_unacked_streams",
+            "max_frame_payload",
+            "max_recv_payload",
+            "ping_timeout",
+            "stream_write_high",
+            "transport_write_high",
+            "pong_backlog",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -56,9 +56,14 @@ class Session(asyncio.Protocol):
     ``on_remote_go_away()`` is called when the peer announces it takes no new streams.
     """
 
-    def __init__(self, *, client: bool, config: Config | None = None,
-                 protocol_factory: ProtocolFactory | None = None,
-                 on_remote_go_away: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        client: bool,
+        config: Config | None = None,
+        protocol_factory: ProtocolFactory | None = None,
+        on_remote_go_away: Callable[[], None] | None = None,
+    ) -> None:
         self.config = config = config or Config()
         self.client = client
         self._loop = asyncio.get_running_loop()
@@ -158,8 +163,10 @@ class Session(asyncio.Protocol):
         if flags:
             if flags & FLAG_SYN:
                 if len(payload) > INITIAL_WINDOW:  # more than the opener can have credit for
-                    raise ProtocolError(f"peer opened stream {stream_id} with {len(payload)} "
-                                        "bytes, beyond the initial window")
+                    raise ProtocolError(
+                        f"peer opened stream {stream_id} with {len(payload)} "
+                        "bytes, beyond the initial window"
+                    )
                 stream = self._inbound(stream_id, flags)
             if stream is None:
                 return
@@ -172,12 +179,18 @@ class Session(asyncio.Protocol):
             return  # unknown or finished stream: the parser already skipped the body
         if payload:
             if stream._remote_fin:
-                stream.reset(StreamResetError(
-                    f"peer sent data on stream {stream_id} after closing it"))
+                stream.reset(
+                    StreamResetError(f"peer sent data on stream {stream_id} after closing it")
+                )
                 return
             protocol = stream._protocol
-            if (protocol is not None and not stream._reading_paused and not stream._recv
-                    and not stream._closing and not stream._done):
+            if (
+                protocol is not None
+                and not stream._reading_paused
+                and not stream._recv
+                and not stream._closing
+                and not stream._done
+            ):
                 delta = stream._window.receive_consumed(len(payload))
                 if delta:
                     self._window_update(stream_id, delta)
@@ -234,18 +247,21 @@ class Session(asyncio.Protocol):
             raise ProtocolError(f"peer opened stream {stream_id} twice")
         if flags & FLAG_RST:
             return None  # opened and reset at once: nothing to surface
-        if (self._local_go_away or self._error is not None
-                or len(self._streams) >= self.config.max_streams
-                or (self._protocol_factory is None
-                    and len(self._backlog) >= self.config.accept_backlog)):
+        if (
+            self._local_go_away
+            or self._error is not None
+            or len(self._streams) >= self.config.max_streams
+            or (self._protocol_factory is None and len(self._backlog) >= self.config.accept_backlog)
+        ):
             self._send_reset(stream_id)
             return None
         window = self._flow_window(self.config.recv_window)
         stream = Stream(self, stream_id, window, acked=True)
         self._streams[stream_id] = stream
         # Acknowledge at once: hashicorp peers kill the session after 75 s without an ACK.
-        self._queue_control(self._encode_header(TYPE_WINDOW_UPDATE, FLAG_ACK, stream_id,
-                                                window.update(True)))
+        self._queue_control(
+            self._encode_header(TYPE_WINDOW_UPDATE, FLAG_ACK, stream_id, window.update(True))
+        )
         if self._protocol_factory is not None:
             try:
                 stream._attach(self._protocol_factory())
@@ -293,8 +309,9 @@ class Session(asyncio.Protocol):
         if self._unacked >= self.config.max_unacked_streams:
             raise StreamLimitError(f"{self._unacked} streams are not yet acknowledged")
         if len(self._streams) >= self.config.max_streams:
-            raise StreamLimitError(f"session holds its maximum of {self.config.max_streams} "
-                                   "streams")
+            raise StreamLimitError(
+                f"session holds its maximum of {self.config.max_streams} streams"
+            )
         stream_id = self._next_id
         if stream_id > _LAST_STREAM_ID:
             raise StreamsExhaustedError("no stream IDs left on this session")
@@ -303,8 +320,9 @@ class Session(asyncio.Protocol):
         stream = Stream(self, stream_id, window, acked=False)
         self._streams[stream_id] = stream
         self._unacked += 1
-        self._queue_control(self._encode_header(TYPE_WINDOW_UPDATE, FLAG_SYN, stream_id,
-                                                window.update(True)))
+        self._queue_control(
+            self._encode_header(TYPE_WINDOW_UPDATE, FLAG_SYN, stream_id, window.update(True))
+        )
         timeout = self.config.stream_open_timeout
         if timeout is not None:
             stream._timer = self._loop.call_later(timeout, stream._open_timed_out)
@@ -427,7 +445,8 @@ class Session(asyncio.Protocol):
             await asyncio.wait_for(waiter, self.config.ping_timeout)
         except asyncio.TimeoutError:
             raise KeepaliveTimeoutError(
-                f"no ping reply within {self.config.ping_timeout} s") from None
+                f"no ping reply within {self.config.ping_timeout} s"
+            ) from None
         finally:
             self._pings.pop(ping_id, None)
         return time.perf_counter() - started
@@ -542,4 +561,3 @@ def _forget(waiters: deque[asyncio.Future[Any]], waiter: asyncio.Future[Any]) ->
 def _consume_result(task: asyncio.Task[None]) -> None:
     if not task.cancelled():
         task.exception()
-

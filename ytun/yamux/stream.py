@@ -27,10 +27,28 @@ _JOIN_LIMIT = 2048
 class Stream(asyncio.Transport):
     """A yamux stream. Create with ``Session.open_stream`` or ``Session.accept_stream``."""
 
-    __slots__ = ("_session", "stream_id", "_window", "_protocol", "_recv", "_reading_paused",
-                 "_send", "_send_size", "_high", "_low", "_protocol_paused", "_fin_wanted",
-                 "_fin_sent", "_remote_fin", "_eof_delivered", "_closing", "_acked", "_done",
-                 "_timer", "_delivery_scheduled")
+    __slots__ = (
+        "_session",
+        "stream_id",
+        "_window",
+        "_protocol",
+        "_recv",
+        "_reading_paused",
+        "_send",
+        "_send_size",
+        "_high",
+        "_low",
+        "_protocol_paused",
+        "_fin_wanted",
+        "_fin_sent",
+        "_remote_fin",
+        "_eof_delivered",
+        "_closing",
+        "_acked",
+        "_done",
+        "_timer",
+        "_delivery_scheduled",
+    )
 
     def __init__(self, session: Session, stream_id: int, window: Any, *, acked: bool) -> None:
         super().__init__()
@@ -210,8 +228,10 @@ class Stream(asyncio.Transport):
                 logger.exception("pause_writing() of %r failed", self._protocol)
 
     def _wants_emit(self) -> bool:
-        return not self._done and (bool(self._send and self._window.send_credit) or (
-            self._fin_wanted and not self._fin_sent and not self._send))
+        return not self._done and (
+            bool(self._send and self._window.send_credit)
+            or (self._fin_wanted and not self._fin_sent and not self._send)
+        )
 
     def _emit(self, out: list[bytes | memoryview], encode_header: Any, max_payload: int) -> None:
         """Append our next frames to ``out``: up to about ``max_payload`` bytes of data
@@ -268,7 +288,8 @@ class Stream(asyncio.Transport):
         self._closing = True
         if self._recv:
             self._session._window_update(
-                self.stream_id, self._window.consume(sum(map(len, self._recv))))
+                self.stream_id, self._window.consume(sum(map(len, self._recv)))
+            )
             self._recv.clear()
         self.write_eof()
         timeout = self._session.config.stream_close_timeout
@@ -293,9 +314,12 @@ class Stream(asyncio.Transport):
 
     def _open_timed_out(self) -> None:
         self._timer = None
-        self.reset(StreamOpenTimeoutError(
-            f"stream {self.stream_id} was not acknowledged within "
-            f"{self._session.config.stream_open_timeout} s"))
+        self.reset(
+            StreamOpenTimeoutError(
+                f"stream {self.stream_id} was not acknowledged within "
+                f"{self._session.config.stream_open_timeout} s"
+            )
+        )
 
     def _on_ack(self) -> None:
         if not self._acked:
@@ -308,13 +332,18 @@ class Stream(asyncio.Transport):
         self._finish(StreamResetError(f"stream {self.stream_id} was reset by the peer"))
 
     def _protocol_failed(self, exc: Exception) -> None:
-        logger.error("protocol on stream %d raised; resetting the stream", self.stream_id,
-                     exc_info=exc)
+        logger.error(
+            "protocol on stream %d raised; resetting the stream", self.stream_id, exc_info=exc
+        )
         self.reset(exc)
 
     def _maybe_done(self) -> None:
-        if not self._done and self._fin_sent and self._remote_fin and (
-                self._eof_delivered or self._protocol is None):
+        if (
+            not self._done
+            and self._fin_sent
+            and self._remote_fin
+            and (self._eof_delivered or self._protocol is None)
+        ):
             self._finish(None)
 
     def _cancel_timer(self) -> None:
