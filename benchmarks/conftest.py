@@ -7,22 +7,17 @@ The benchmark files are named ``test_bench_*.py`` so pytest collects them when
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
 
-from ytun import _frames_py
-from ytun.frames import NO_EXTENSIONS
+from ytun import _frames_py, frames
 from ytun.yamux import session as session_module
 
 
 def _implementations() -> list[ModuleType]:
-    modules = [_frames_py]
-    if not NO_EXTENSIONS:
-        modules.insert(0, importlib.import_module("ytun._frames"))
-    return modules
+    return frames.available()
 
 
 def _impl_id(module: ModuleType) -> str:

@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Callable, Iterator, Mapping
 from types import ModuleType
 
 import pytest
 
-from ytun import _frames_py
-from ytun.frames import NO_EXTENSIONS
+from ytun import _frames_py, frames
 from ytun.yamux import session as session_module
 
 try:
@@ -56,10 +54,7 @@ def no_loop_errors() -> Iterator[list[dict]]:
 
 
 def _implementations() -> list[ModuleType]:
-    modules = [_frames_py]
-    if not NO_EXTENSIONS:
-        modules.insert(0, importlib.import_module("ytun._frames"))
-    return modules
+    return frames.available()
 
 
 def _impl_id(module: ModuleType) -> str:

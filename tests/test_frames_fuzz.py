@@ -10,7 +10,6 @@ The ``ytun-fuzz`` hypothesis profile keeps the run bounded and reproducible in C
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import os
 import random
@@ -21,11 +20,12 @@ from types import ModuleType
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from yamux_helpers import Recorder
 
 from ytun import _frames_py
 from ytun._const import INITIAL_WINDOW, MAX_WINDOW
 from ytun.errors import ProtocolError
-from ytun.frames import NO_EXTENSIONS
+from ytun.frames import available
 
 settings.register_profile(
     "ytun-fuzz",
@@ -42,34 +42,7 @@ HEADER = struct.Struct(">BBHII")
 DEFAULT_MAX_PAYLOAD = _frames_py.DEFAULT_MAX_PAYLOAD
 
 
-def _implementations() -> list[ModuleType]:
-    modules = [_frames_py]
-    if not NO_EXTENSIONS:
-        modules.insert(0, importlib.import_module("ytun._frames"))
-    return modules
-
-
-IMPLEMENTATIONS = _implementations()
-
-
-class Recorder:
-    """A frame handler that records what the parser dispatches."""
-
-    def __init__(self) -> None:
-        self.frames: list[tuple] = []
-
-    def on_data(self, stream_id: int, flags: int, payload: bytes) -> None:
-        assert type(payload) is bytes
-        self.frames.append(("data", stream_id, flags, payload))
-
-    def on_window_update(self, stream_id: int, flags: int, delta: int) -> None:
-        self.frames.append(("window", stream_id, flags, delta))
-
-    def on_ping(self, flags: int, value: int) -> None:
-        self.frames.append(("ping", flags, value))
-
-    def on_go_away(self, code: int) -> None:
-        self.frames.append(("go_away", code))
+IMPLEMENTATIONS = available()
 
 
 # -- the reference: frames to bytes and back, with struct only ----------------------------

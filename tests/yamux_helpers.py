@@ -26,6 +26,26 @@ class Frame:
     payload: bytes = b""
 
 
+class Recorder:
+    """A frame handler that records what the parser dispatches."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple] = []
+
+    def on_data(self, stream_id: int, flags: int, payload: bytes) -> None:
+        assert type(payload) is bytes
+        self.frames.append(("data", stream_id, flags, payload))
+
+    def on_window_update(self, stream_id: int, flags: int, delta: int) -> None:
+        self.frames.append(("window", stream_id, flags, delta))
+
+    def on_ping(self, flags: int, value: int) -> None:
+        self.frames.append(("ping", flags, value))
+
+    def on_go_away(self, code: int) -> None:
+        self.frames.append(("go_away", code))
+
+
 class SessionPair:
     """A client and a server session joined by a loopback TCP connection."""
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import platform
+from types import ModuleType
+
+from . import _frames_py
 
 NO_EXTENSIONS = bool(os.environ.get("YTUN_NO_EXTENSIONS")) or (
     platform.python_implementation() != "CPython"
 )
 
 if NO_EXTENSIONS:
-    from . import _frames_py as implementation
+    implementation = _frames_py
 else:
     from . import _frames as implementation  # type: ignore[no-redef]
 
@@ -26,7 +29,16 @@ decode_header = implementation.decode_header
 encode_frame = implementation.encode_frame
 encode_header = implementation.encode_header
 
+
+def available() -> list[ModuleType]:
+    """Every implementation usable here, compiled first (for tests and benchmarks)."""
+    if NO_EXTENSIONS:
+        return [_frames_py]
+    return [implementation, _frames_py]
+
+
 __all__ = [
+    "available",
     "DEFAULT_MAX_PAYLOAD",
     "NO_EXTENSIONS",
     "FlowWindow",
