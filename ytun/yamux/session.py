@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -45,6 +46,12 @@ logger = logging.getLogger("ytun.yamux")
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 _LAST_STREAM_ID = 0xFFFFFFFD
+
+# asyncio's writelines() skipped the write-buffer limits (so pause_writing never came) in
+# CPython 3.12.0-3.12.8 and 3.13.0-3.13.1 (GHSA-fw89-6wjj-8j95); join instead there.
+_WRITELINES_CHECKS_LIMITS = not (
+    (3, 12) <= sys.version_info[:3] < (3, 12, 9) or (3, 13) <= sys.version_info[:3] < (3, 13, 2)
+)
 
 
 class Session(asyncio.Protocol):
@@ -411,7 +418,8 @@ class Session(asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         transport = self._transport
-        if transport is None or self._error is not None:
+        # A transport already closing must not be written to (CPython 3.13.0 breaks on it).
+        if transport is None or self._error is not None or transport.is_closing():
             return
         out: list[Any] = self._control
         self._control = []
@@ -429,7 +437,10 @@ class Session(asyncio.Protocol):
                 for stream in streams:
                     stream._emit(out, encode_header, max_payload)
         if out:
-            transport.writelines(out)
+            if _WRITELINES_CHECKS_LIMITS:
+                transport.writelines(out)
+            else:
+                transport.write(b"".join(out))
 
     # -- ping, keepalive, go away, close ---------------------------------------------------
 
@@ -491,7 +502,7 @@ class Session(asyncio.Protocol):
         self._flush()
         self._error = SessionClosedError("the session was closed")
         transport = self._transport
-        if transport is not None:
+        if transport is not None and not transport.is_closing():
             transport.write(self._encode_header(TYPE_GO_AWAY, 0, 0, GO_AWAY_NORMAL))
             transport.close()
         self._teardown()
@@ -519,7 +530,7 @@ class Session(asyncio.Protocol):
             self._error.__cause__ = exc
         logger.debug("yamux session failed: %s", exc)
         transport = self._transport
-        if transport is not None:
+        if transport is not None and not transport.is_closing():
             if go_away_code is not None:
                 transport.write(self._encode_header(TYPE_GO_AWAY, 0, 0, go_away_code))
             transport.close()
