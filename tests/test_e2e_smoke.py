@@ -25,7 +25,7 @@ pytestmark = [
     pytest.mark.skipif(
         not (ROOT / "benchmarks" / "e2e" / "__main__.py").exists()
         or Path(ytun.__file__).resolve().parent != ROOT / "ytun",
-        reason="needs the source tree's ytun (benchmarks/e2e run from it), e.g. not in a wheel test",
+        reason="needs the source tree's ytun (the harness runs it), e.g. not in a wheel test",
     ),
     pytest.mark.skipif(
         not sys.platform.startswith("linux"), reason="the harness measures through /proc (Linux)"
