@@ -21,6 +21,21 @@ from ytun import Server
 TIMEOUT = 10
 
 
+def _can_bind(address: str) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+# Linux answers on all of 127.0.0.0/8; macOS configures only 127.0.0.1 by default.
+needs_second_loopback = pytest.mark.skipif(
+    not _can_bind("127.0.0.2"), reason="127.0.0.2 is not a local address on this machine"
+)
+
+
 class LocalServer:
     """An asyncio TCP server on 127.0.0.1 for the client side of the tunnel."""
 
@@ -164,6 +179,7 @@ async def test_single_tcp_with_tcp_local_and_a_listening_socket():
         assert await exchange(port, b"again") == b"local:again\n"
 
 
+@needs_second_loopback
 async def test_default_local_address_is_the_public_port_on_loopback():
     """Without tcp_local or fetch_local_addr the client dials 127.0.0.1:<public port>."""
     async with Tunnel() as tunnel:
@@ -207,6 +223,7 @@ async def test_multiple_latency_tcp():
         assert answers == [p + b"\n" for p in payloads]
 
 
+@needs_second_loopback
 async def test_multiple_stream_tcp():
     """One identifier serves HTTP plus port-based and IP-based TCP tunnels at once; each
     public address reaches its own local server."""
@@ -249,6 +266,7 @@ async def test_multiple_stream_tcp():
             )
 
 
+@needs_second_loopback
 async def test_ip_route_is_chosen_by_the_local_address():
     """On a 0.0.0.0 listener with only an IP route for 127.0.0.2, a connection that arrives
     on 127.0.0.1 has no route and is closed; one on 127.0.0.2 is tunnelled."""
@@ -264,6 +282,7 @@ async def test_ip_route_is_chosen_by_the_local_address():
         assert local.connections == 1
 
 
+@needs_second_loopback
 async def test_add_addr_refuses_a_port_that_another_listener_serves():
     """A second address with a port already tunnelled elsewhere must not be reported as
     listening (nor re-route the first listener's port); the same listener again is fine."""
