@@ -855,3 +855,19 @@ async def test_curl_head_then_get_keep_alive() -> None:
     assert out.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"Content-Length: 3\r\n" in out
     assert out.endswith(b"\r\n\r\ndef|0")  # the GET reused the HEAD's connection
+
+
+async def test_idle_public_connections_are_closed() -> None:
+    server = Server(idle_timeout=0.2)
+    async with Tunnel(server=server) as t:
+        reader, writer = await asyncio.open_connection("127.0.0.1", t.port)
+        try:
+            writer.write(f"GET /?echo=a HTTP/1.1\r\nHost: {t.host}\r\n\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200")
+            await asyncio.wait_for(reader.readexactly(1), 5)
+            began = time.monotonic()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+            assert 0.15 <= time.monotonic() - began < 2
+        finally:
+            writer.close()

@@ -58,13 +58,15 @@ class PublicProtocol(asyncio.Protocol):
         self._pause_reasons: set[str] = set()
         self._writing_paused = False
         self._forwarded = b""
+        self.active = True  # data arrived since the last idle sweep
+        self.quiet_sweeps = 0
         self._eof = False  # the client half-closed: close once every answer is out
 
     # -- connection ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self._server._public_connections.add(self)
+        self._server._public_connection_made(self)
         if self._server.forwarded_headers:
             peer = transport.get_extra_info("peername")
             scheme = b"https" if transport.get_extra_info("sslcontext") else b"http"
@@ -128,6 +130,7 @@ class PublicProtocol(asyncio.Protocol):
     # -- requests ------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        self.active = True
         if self._pending:
             data = self._pending + data
             self._pending = b""

@@ -71,6 +71,7 @@ class Server:
         handshake_timeout: float = proto.CONTROL_TIMEOUT,
         duplicate_ping_timeout: float = 2.0,
         max_head_size: int = 64 * 1024,
+        idle_timeout: float | None = 120.0,
         on_state_change: Callable[[ServerStateChange], None] | None = None,
     ) -> None:
         self.registry = registry if registry is not None else MemoryRegistry()
@@ -80,6 +81,8 @@ class Server:
         self.handshake_timeout = handshake_timeout
         self.duplicate_ping_timeout = duplicate_ping_timeout
         self.max_head_size = max_head_size
+        self.idle_timeout = idle_timeout
+        self._sweeper: asyncio.TimerHandle | None = None
         self._links: dict[str, ClientLink] = {}
         self._states: dict[str, ServerState] = {}
         self._on_connect: dict[str, Callback] = {}
@@ -172,6 +175,32 @@ class Server:
     def protocol_factory(self) -> PublicProtocol:
         return PublicProtocol(self)
 
+    def _public_connection_made(self, public: PublicProtocol) -> None:
+        self._public_connections.add(public)
+        if self._sweeper is None and self.idle_timeout is not None:
+            self._sweeper = asyncio.get_running_loop().call_later(
+                self.idle_timeout / 2, self._sweep_idle
+            )
+
+    def _sweep_idle(self) -> None:
+        """Close public connections that sent nothing and awaited nothing for a while.
+
+        A connection is closed on the second sweep in a row that finds it idle, so after
+        between ``idle_timeout`` and 1.5 × ``idle_timeout`` of silence."""
+        self._sweeper = None
+        for public in list(self._public_connections):
+            if public.active or not public.idle:
+                public.active = False
+                public.quiet_sweeps = 0
+            else:
+                public.quiet_sweeps += 1
+                if public.quiet_sweeps >= 2:
+                    public.close()
+        if self._public_connections and self.idle_timeout is not None:
+            self._sweeper = asyncio.get_running_loop().call_later(
+                self.idle_timeout / 2, self._sweep_idle
+            )
+
     async def serve(
         self,
         host: str = "127.0.0.1",
@@ -199,6 +228,9 @@ class Server:
         ``grace`` seconds, then close every connection."""
         for listener in self._servers + list(self._tcp_servers.values()):
             listener.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for link in list(self._links.values()):
             link.session.go_away()
         deadline = time.monotonic() + grace
