@@ -309,9 +309,7 @@ class Client:
     # -- streams -------------------------------------------------------------------------
 
     def _stream_protocol(self, message: proto.ControlMessage) -> asyncio.BaseProtocol:
-        if message.protocol in (proto.HTTP, proto.WS):
-            return _LocalDialer(self, message)
-        if message.protocol == proto.TCP:
+        if message.protocol in (proto.HTTP, proto.WS, proto.TCP):
             return _LocalDialer(self, message)
         logger.error(
             "server asked for unknown transport protocol %d; closing the stream", message.protocol
