@@ -118,6 +118,19 @@ class PublicProtocol(asyncio.Protocol):
                 self._transport.resume_reading()
 
     @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._transport
+
+    def control_refused(self, response: bytes, extra: bytes) -> None:
+        """The CONNECT got an HTTP error instead of a tunnel: read requests again."""
+        if self._transport is None:
+            return
+        self._transport.write(response)
+        self._state = _HEAD
+        if extra:
+            self._process(extra)
+
+    @property
     def idle(self) -> bool:
         """No request in flight (used by a graceful server close)."""
         return self._tunnel is None or not self._tunnel.busy

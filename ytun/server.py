@@ -251,23 +251,22 @@ class Server:
 
     def _take_over_control(self, public: PublicProtocol, head: RequestHead, extra: bytes) -> None:
         """A CONNECT on the control path: check the identifier, then run yamux on it."""
-        transport = public._transport
+        transport = public.transport
         assert transport is not None
         identifier = head.identifier.decode("latin-1")
         if not identifier or not self.registry.has_host(identifier):
-            transport.write(
-                error_response(
-                    502, "no host associated for identifier. please use server.AddHost()"
-                )
-            )
             self._set_state(
                 identifier,
                 ServerState.CLOSED,
                 ConnectionRefusedError("no host associated for identifier"),
             )
-            public._state = 0  # back to reading requests (keep-alive, as the original)
-            if extra:
-                public._process(extra)
+            # A plain HTTP answer; the connection stays keep-alive, as in the original.
+            public.control_refused(
+                error_response(
+                    502, "no host associated for identifier. please use server.AddHost()"
+                ),
+                extra,
+            )
             return
         existing = self._links.get(identifier)
         if existing is None:
