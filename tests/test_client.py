@@ -102,15 +102,17 @@ async def test_client_states_through_the_async_iterator():
         client = Client(f"127.0.0.1:{port}", "SECRET-ITER", **FAST)
         seen: list[ClientStateChange] = []
 
+        changes = client.state_changes()  # listening from here, before any iteration
+
         async def collect() -> None:
-            async for change in client.state_changes():
+            async for change in changes:
                 seen.append(change)
                 if change.current is OK:
                     await client.close(grace=1)
 
+        starting = asyncio.ensure_future(client.start())  # runs before collect() does
         collector = asyncio.ensure_future(collect())
-        await asyncio.sleep(0)  # the iterator is listening before the client starts
-        await asyncio.wait_for(client.start(), TIMEOUT)
+        await asyncio.wait_for(starting, TIMEOUT)
         await asyncio.wait_for(collector, TIMEOUT)  # the iterator ends at Closed
         assert pairs(seen) == [(U, S), (S, C), (C, OK), (OK, D), (D, X)]
 

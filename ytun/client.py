@@ -159,10 +159,15 @@ class Client:
     def add_state_listener(self, callback: Callable[[ClientStateChange], None]) -> None:
         self._listeners.append(callback)
 
-    async def state_changes(self) -> AsyncIterator[ClientStateChange]:
-        """Every state change from now on, until the client is closed."""
+    def state_changes(self) -> AsyncIterator[ClientStateChange]:
+        """Every state change from this call on, until the client is closed."""
         queue: asyncio.Queue[ClientStateChange] = asyncio.Queue()
-        self._queues.append(queue)
+        self._queues.append(queue)  # now, not at the first iteration: no change is missed
+        return self._iterate_states(queue)
+
+    async def _iterate_states(
+        self, queue: asyncio.Queue[ClientStateChange]
+    ) -> AsyncIterator[ClientStateChange]:
         try:
             while True:
                 change = await queue.get()
