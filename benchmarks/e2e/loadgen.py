@@ -119,8 +119,9 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * _UNITS[unit]
 
 
-def parse_wrk(text: str) -> dict:
-    result: dict = {
+def _empty_result() -> dict:
+    """What a parser reports before it found anything in the tool's output."""
+    return {
         "requests": 0,
         "seconds": 0.0,
         "rps": None,
@@ -130,6 +131,10 @@ def parse_wrk(text: str) -> dict:
         "non_2xx": 0,
         "error_detail": {},
     }
+
+
+def parse_wrk(text: str) -> dict:
+    result = _empty_result()
     if match := re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m|h),", text):
         result["requests"] = int(match[1])
         result["seconds"] = _ms(match[2], match[3]) / 1000
@@ -167,16 +172,7 @@ def hey_command(spec: LoadSpec) -> list[str]:
 
 
 def parse_hey(text: str) -> dict:
-    result: dict = {
-        "requests": 0,
-        "seconds": 0.0,
-        "rps": None,
-        "p50_ms": None,
-        "p99_ms": None,
-        "socket_errors": 0,
-        "non_2xx": 0,
-        "error_detail": {},
-    }
+    result = _empty_result()
     if match := re.search(r"Total:\s+([\d.]+) secs", text):
         result["seconds"] = float(match[1])
     if match := re.search(r"Requests/sec:\s+([\d.]+)", text):
