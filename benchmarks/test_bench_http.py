@@ -3,7 +3,7 @@ head parsing, and finding where bodies end."""
 
 from __future__ import annotations
 
-from ytun.http import BodyScanner, find_head_end, parse_request_head, parse_response_head
+from ytun.tunnel.http1 import BodyScanner, find_head_end, parse_request_head, parse_response_head
 
 REQUEST = (
     b"GET /api/items?id=42 HTTP/1.1\r\nHost: app.example.local:8000\r\n"

@@ -9,7 +9,8 @@ from types import ModuleType
 
 import pytest
 
-from ytun import _frames_py, frames
+from ytun import _frames_py
+from ytun.yamux import codec as frames
 from ytun.yamux import session as session_module
 
 try:

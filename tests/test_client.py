@@ -19,12 +19,13 @@ from ytun import (
     ClientState,
     ClientStateChange,
     ExponentialBackoff,
+    RedialAbortedError,
     Server,
     ServerState,
-    proto,
+    TunnelError,
 )
-from ytun import client as client_module
-from ytun.client import RedialAbortedError, TunnelError
+from ytun.tunnel import client as client_module
+from ytun.tunnel import koding as proto
 
 TIMEOUT = 10
 U, S, C, OK, D, X = (

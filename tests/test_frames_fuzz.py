@@ -25,7 +25,7 @@ from yamux_helpers import Recorder
 from ytun import _frames_py
 from ytun._const import INITIAL_WINDOW, MAX_WINDOW
 from ytun.errors import ProtocolError
-from ytun.frames import available
+from ytun.yamux.codec import available
 
 settings.register_profile(
     "ytun-fuzz",

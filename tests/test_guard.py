@@ -11,7 +11,8 @@ import pathlib
 import pytest
 
 import ytun
-from ytun import _frames_py, frames
+from ytun import _frames_py
+from ytun.yamux import codec as frames
 
 STUB = pathlib.Path(ytun.__file__).with_name("_frames.pyi")
 

@@ -2,7 +2,7 @@
 client against ytun's Server, and a scripted fake server plays the Go server against ytun's
 Client. The expected bytes come from the reference capture (go-reference-run.md §5) and
 the protocol notes (koding-tunnel-protocol.md §1), written out here literally rather than
-taken from ``ytun.proto``, so a change there cannot silently change the test too."""
+taken from ``ytun.tunnel.koding``, so a change there cannot silently change the test too."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from aiohttp import web
 from tunnel_helpers import origin_app
 from yamux_helpers import HEADER, Frame, frame
 
-from ytun import Client, ClientState, Config, Server
-from ytun.client import ExponentialBackoff
+from ytun import Client, ClientState, Server
+from ytun.tunnel.client import ExponentialBackoff
+from ytun.yamux import Config
 
 DATA, WINDOW, PING, GO_AWAY = 0, 1, 2, 3
 SYN, ACK, FIN, RST = 1, 2, 4, 8

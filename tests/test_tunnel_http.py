@@ -30,7 +30,7 @@ from aiohttp import web
 from tunnel_helpers import Tunnel, origin_app, raw_request
 
 from ytun import Client, Server
-from ytun.client import ExponentialBackoff
+from ytun.tunnel.client import ExponentialBackoff
 
 CURL = shutil.which("curl")
 needs_curl = pytest.mark.skipif(CURL is None, reason="curl is not installed")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from aiohttp import WSMsgType, web
 
 from ytun import Client, Server
-from ytun.client import ExponentialBackoff
+from ytun.tunnel.client import ExponentialBackoff
 
 
 def origin_app(latency: Callable[[], float] | None = None) -> web.Application:

@@ -1,50 +1,57 @@
-"""ytun: a fast HTTP/WebSocket/TCP reverse tunnel over yamux, compatible with koding/tunnel."""
+"""ytun: a fast HTTP/WebSocket/TCP reverse tunnel over yamux, compatible with koding/tunnel.
+
+The tunnel is here; the multiplexer it runs on (``Session``, ``Stream``, ``Config``) is
+:mod:`ytun.yamux`.
+"""
 
 from ._version import __version__
-from .client import Client, ClientState, ClientStateChange, ExponentialBackoff
 from .errors import (
     GoAwayError,
     KeepaliveTimeoutError,
     ProtocolError,
+    RedialAbortedError,
     SessionClosedError,
     StreamLimitError,
     StreamOpenTimeoutError,
     StreamResetError,
     StreamsExhaustedError,
+    TunnelError,
     YtunError,
 )
-from .server import Server, ServerState, ServerStateChange
-from .yamux import (
-    Config,
-    Session,
-    Stream,
-    StreamConnection,
-    accept_connection,
-    open_connection,
+from .tunnel import (
+    Client,
+    ClientInfo,
+    ClientState,
+    ClientStateChange,
+    ExponentialBackoff,
+    MemoryRegistry,
+    Registry,
+    Server,
+    ServerState,
+    ServerStateChange,
 )
 
 __all__ = [
     "Client",
+    "ClientInfo",
     "ClientState",
     "ClientStateChange",
-    "Config",
     "ExponentialBackoff",
     "GoAwayError",
     "KeepaliveTimeoutError",
+    "MemoryRegistry",
     "ProtocolError",
+    "RedialAbortedError",
+    "Registry",
     "Server",
     "ServerState",
     "ServerStateChange",
-    "Session",
     "SessionClosedError",
-    "Stream",
-    "StreamConnection",
     "StreamLimitError",
     "StreamOpenTimeoutError",
     "StreamResetError",
     "StreamsExhaustedError",
+    "TunnelError",
     "YtunError",
     "__version__",
-    "accept_connection",
-    "open_connection",
 ]

@@ -12,10 +12,9 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable
 
-from .client import Client
 from .demo import start_demo_app
-from .registry import split_host_port
-from .server import Server
+from .tunnel import Client, Server
+from .tunnel.addr import split_host_port
 
 logger = logging.getLogger("ytun")
 

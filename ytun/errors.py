@@ -48,3 +48,11 @@ class StreamLimitError(YtunError):
 
 class StreamOpenTimeoutError(YtunError, TimeoutError):
     """The peer neither acknowledged nor refused a new stream in time."""
+
+
+class TunnelError(YtunError):
+    """The server refused the tunnel or the handshake failed."""
+
+
+class RedialAbortedError(TunnelError):
+    """The backoff policy gave up reconnecting."""

@@ -16,7 +16,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .. import frames as codec
 from .._const import (
     FLAG_ACK,
     FLAG_FIN,
@@ -38,6 +37,7 @@ from ..errors import (
     StreamResetError,
     StreamsExhaustedError,
 )
+from . import codec
 from .config import Config
 from .stream import Stream
 

@@ -8,19 +8,7 @@ from __future__ import annotations
 
 import abc
 
-
-def split_host_port(host: str) -> tuple[str, int]:
-    """``("example.com", 8000)`` from ``example.com:8000``; port 0 when absent or invalid."""
-    if host.startswith("["):  # [v6]:port
-        bracket = host.find("]")
-        name, rest = host[1:bracket], host[bracket + 1 :]
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif host.count(":") == 1:
-        name, port_text = host.split(":")
-    else:
-        name, port_text = host, ""
-    port = int(port_text) if port_text.isdigit() and int(port_text) <= 0xFFFF else 0
-    return name, port
+from .addr import split_host_port
 
 
 class Registry(abc.ABC):

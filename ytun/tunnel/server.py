@@ -15,13 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import proto
-from .errors import SessionClosedError
-from .http import RequestHead, error_response
-from .public import STRAY, PublicProtocol
-from .registry import MemoryRegistry, Registry, split_host_port
+from ..errors import SessionClosedError
+from ..yamux import Config, Session
+from . import koding
+from .addr import split_host_port
+from .front import STRAY, PublicProtocol
+from .http1 import RequestHead, error_response
+from .registry import MemoryRegistry, Registry
 from .splice import Pipe, PipeEnd
-from .yamux import Config, Session
 
 logger = logging.getLogger("ytun.server")
 
@@ -67,8 +68,8 @@ class Server:
         registry: Registry | None = None,
         yamux_config: Config | None = None,
         forwarded_headers: bool = True,
-        stream_timeout: float = proto.CONTROL_TIMEOUT,
-        handshake_timeout: float = proto.CONTROL_TIMEOUT,
+        stream_timeout: float = koding.CONTROL_TIMEOUT,
+        handshake_timeout: float = koding.CONTROL_TIMEOUT,
         duplicate_ping_timeout: float = 2.0,
         max_head_size: int = 64 * 1024,
         idle_timeout: float | None = 120.0,
@@ -304,7 +305,7 @@ class Server:
         # The connection is the client's session now, no longer a public one: close() must
         # leave it to the session (closing an asyncio SSL transport twice breaks writes).
         self._public_connections.discard(transport.get_protocol())  # type: ignore[arg-type]
-        transport.write(proto.CONNECTED_RESPONSE)
+        transport.write(koding.CONNECTED_RESPONSE)
         link = ClientLink(self, identifier)
         self._links[identifier] = link
         link.start(transport, extra)
@@ -405,7 +406,7 @@ class ClientLink:
         waiter.timer = asyncio.get_running_loop().call_later(
             self._server.stream_timeout, waiter.expire
         )
-        self._control.send(proto.control_message(kind, port))
+        self._control.send(koding.control_message(kind, port))
         self._waiters.append(waiter)
 
     def handshake_done(self) -> None:
@@ -459,7 +460,7 @@ class _ServerControl(asyncio.Protocol):
     def __init__(self, link: ClientLink) -> None:
         self._link = link
         self._buffer = b""
-        self._decoder = proto.ControlDecoder()
+        self._decoder = koding.ControlDecoder()
         self._stream: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -474,14 +475,14 @@ class _ServerControl(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self._link.connected:
             self._buffer += data
-            size = len(proto.HANDSHAKE_REQUEST)
-            if not (proto.HANDSHAKE_REQUEST.startswith(self._buffer[:size])):
+            size = len(koding.HANDSHAKE_REQUEST)
+            if not (koding.HANDSHAKE_REQUEST.startswith(self._buffer[:size])):
                 self._link.disconnect(ConnectionError("handshake aborted"))
                 return
             if len(self._buffer) < size:
                 return
             data, self._buffer = self._buffer[size:], b""
-            self._stream.write(proto.HANDSHAKE_RESPONSE)  # type: ignore[union-attr]
+            self._stream.write(koding.HANDSHAKE_RESPONSE)  # type: ignore[union-attr]
             self._link.handshake_done()
             if not data:
                 return
@@ -523,7 +524,7 @@ class _TcpPublic(PipeEnd):
             transport.close()
             return
         try:
-            link.request_stream(proto.TCP, port, _TcpStreamEnd(self._pipe, 0))
+            link.request_stream(koding.TCP, port, _TcpStreamEnd(self._pipe, 0))
         except ConnectionError:
             transport.close()
 

@@ -11,7 +11,7 @@ import os
 import platform
 from types import ModuleType
 
-from . import _frames_py
+from .. import _frames_py
 
 NO_EXTENSIONS = bool(os.environ.get("YTUN_NO_EXTENSIONS")) or (
     platform.python_implementation() != "CPython"
@@ -20,7 +20,7 @@ NO_EXTENSIONS = bool(os.environ.get("YTUN_NO_EXTENSIONS")) or (
 if NO_EXTENSIONS:
     implementation = _frames_py
 else:
-    from . import _frames as implementation  # type: ignore[no-redef]
+    from .. import _frames as implementation  # type: ignore[no-redef]
 
 DEFAULT_MAX_PAYLOAD = implementation.DEFAULT_MAX_PAYLOAD
 FlowWindow = implementation.FlowWindow

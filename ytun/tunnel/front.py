@@ -14,8 +14,9 @@ import posixpath
 from collections import deque
 from typing import TYPE_CHECKING
 
-from . import proto
-from .http import (
+from . import koding
+from .addr import split_host_port
+from .http1 import (
     BodyScanner,
     HttpError,
     RequestHead,
@@ -25,7 +26,6 @@ from .http import (
     parse_request_head,
     parse_response_head,
 )
-from .registry import split_host_port
 
 if TYPE_CHECKING:
     from .server import Server
@@ -205,7 +205,7 @@ class PublicProtocol(asyncio.Protocol):
         identifier = self._server.registry.lookup_host(host)
         if identifier is None:
             return None, 502, f"no virtual host available for {go_quote(host)}"
-        return identifier, proto.WS if head.websocket else proto.HTTP, split_host_port(host)[1]
+        return identifier, koding.WS if head.websocket else koding.HTTP, split_host_port(host)[1]
 
     def _start_request(self, head: RequestHead, raw: bytes) -> bool:
         """Route and forward one request head; False if it must wait for earlier answers."""

@@ -14,12 +14,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import proto
-from .errors import SessionClosedError, StreamLimitError, YtunError
-from .http import find_head_end
-from .registry import split_host_port
+from ..errors import (
+    RedialAbortedError,
+    SessionClosedError,
+    StreamLimitError,
+    TunnelError,
+    YtunError,
+)
+from ..yamux import Config, Session
+from . import koding
+from .addr import parse_addr
+from .http1 import find_head_end
 from .splice import Pipe, PipeEnd
-from .yamux import Config, Session
 
 logger = logging.getLogger("ytun.client")
 
@@ -48,14 +54,6 @@ class ClientStateChange:
     def __str__(self) -> str:
         text = f"{self.previous.name.title()}->{self.current.name.title()}"
         return f"{text} ({self.error})" if self.error else text
-
-
-class TunnelError(YtunError):
-    """The server refused the tunnel or the handshake failed."""
-
-
-class RedialAbortedError(TunnelError):
-    """The backoff policy gave up reconnecting."""
 
 
 class Backoff(Protocol):
@@ -97,11 +95,6 @@ async def _resolve(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-def _parse_addr(address: str, default_port: int = 80) -> tuple[str, int]:
-    host, port = split_host_port(address)
-    return host, port or default_port
-
-
 class Client:
     """Keeps one tunnel to the server alive and serves its streams from local services.
 
@@ -126,7 +119,7 @@ class Client:
         backoff: Backoff | None = None,
         yamux_config: Config | None = None,
         on_state_change: Callable[[ClientStateChange], None] | None = None,
-        dial_timeout: float = proto.CONTROL_TIMEOUT,
+        dial_timeout: float = koding.CONTROL_TIMEOUT,
     ) -> None:
         if not server_addr and fetch_server_addr is None:
             raise ValueError("neither server_addr nor fetch_server_addr is set")
@@ -245,7 +238,7 @@ class Client:
             return None
         if not identifier or not server_addr:
             raise TunnelError("empty identifier or server address")
-        host, port = _parse_addr(server_addr, 443 if self.ssl else 80)
+        host, port = parse_addr(server_addr, 443 if self.ssl else 80)
         loop = asyncio.get_running_loop()
         transport, handshake = await asyncio.wait_for(
             loop.create_connection(
@@ -261,7 +254,7 @@ class Client:
         try:
             if self._closing:
                 raise TunnelError("client closed")
-            extra = await asyncio.wait_for(handshake.done, proto.CONTROL_TIMEOUT)
+            extra = await asyncio.wait_for(handshake.done, koding.CONTROL_TIMEOUT)
             session = Session(client=True, config=self.yamux_config)
             session.take_over(transport, extra)
         except BaseException:
@@ -272,7 +265,7 @@ class Client:
         self._session = session
         try:
             _, control = session.open_stream_nowait(lambda: _ClientControl(self, session))
-            await asyncio.wait_for(control.ready, proto.CONTROL_TIMEOUT)
+            await asyncio.wait_for(control.ready, koding.CONTROL_TIMEOUT)
         except BaseException:
             session.abort()
             self._session = None
@@ -291,7 +284,7 @@ class Client:
             logger.warning("tunnel disconnected: %s", error)
         return error
 
-    async def close(self, grace: float = proto.CONTROL_TIMEOUT) -> None:
+    async def close(self, grace: float = koding.CONTROL_TIMEOUT) -> None:
         """Stop reconnecting; let in-flight HTTP requests finish (up to ``grace``); close."""
         self._closing = True
         if self._wake is not None and not self._wake.done():
@@ -313,24 +306,24 @@ class Client:
 
     # -- streams -------------------------------------------------------------------------
 
-    def _stream_protocol(self, message: proto.ControlMessage) -> asyncio.BaseProtocol:
-        if message.protocol in (proto.HTTP, proto.WS, proto.TCP):
+    def _stream_protocol(self, message: koding.ControlMessage) -> asyncio.BaseProtocol:
+        if message.protocol in (koding.HTTP, koding.WS, koding.TCP):
             return _LocalDialer(self, message)
         logger.error(
             "server asked for unknown transport protocol %d; closing the stream", message.protocol
         )
         return _Refuser()
 
-    async def _local_address(self, message: proto.ControlMessage) -> tuple[str, int]:
+    async def _local_address(self, message: koding.ControlMessage) -> tuple[str, int]:
         port = message.local_port
-        if message.protocol == proto.TCP:
+        if message.protocol == koding.TCP:
             if port in self.tcp_local:
-                return _parse_addr(self.tcp_local[port])
+                return parse_addr(self.tcp_local[port])
             if self.fetch_local_addr is not None:
-                return _parse_addr(await _resolve(self.fetch_local_addr(port)))
+                return parse_addr(await _resolve(self.fetch_local_addr(port)))
             return "127.0.0.1", port
         if self.local_addr is not None:
-            return _parse_addr(self.local_addr)
+            return parse_addr(self.local_addr)
         return "127.0.0.1", port or 80
 
     def _http_stream_done(self) -> None:
@@ -350,7 +343,7 @@ class _ConnectHandshake(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         host = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
-        transport.write(proto.connect_request(host, self._identifier))  # type: ignore[attr-defined]
+        transport.write(koding.connect_request(host, self._identifier))  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         if self.done.done():
@@ -363,7 +356,7 @@ class _ConnectHandshake(asyncio.Protocol):
             return
         head, extra = self._buffer[:end], self._buffer[end:]
         status = head.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
-        if status.partition(" ")[2] == proto.CONNECTED_STATUS:
+        if status.partition(" ")[2] == koding.CONNECTED_STATUS:
             self.done.set_result(extra)
         else:
             body = extra.decode("utf-8", "replace").strip()
@@ -386,25 +379,25 @@ class _ClientControl(asyncio.Protocol):
         self._client = client
         self._session = session
         self._buffer = b""
-        self._decoder = proto.ControlDecoder()
-        self._backlog: deque[proto.ControlMessage] = deque()
+        self._decoder = koding.ControlDecoder()
+        self._backlog: deque[koding.ControlMessage] = deque()
         self._opener: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._stream = transport
-        transport.write(proto.HANDSHAKE_REQUEST)  # type: ignore[attr-defined]
+        transport.write(koding.HANDSHAKE_REQUEST)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         if not self.ready.done():
             self._buffer += data
-            size = len(proto.HANDSHAKE_RESPONSE)
+            size = len(koding.HANDSHAKE_RESPONSE)
             if len(self._buffer) < size:
-                if not proto.HANDSHAKE_RESPONSE.startswith(self._buffer):
+                if not koding.HANDSHAKE_RESPONSE.startswith(self._buffer):
                     self._fail(TunnelError("handshake refused by the server"))
                 return
-            if self._buffer[:size] != proto.HANDSHAKE_RESPONSE:
+            if self._buffer[:size] != koding.HANDSHAKE_RESPONSE:
                 self._fail(TunnelError("handshake refused by the server"))
                 return
             self.ready.set_result(None)
@@ -475,11 +468,11 @@ class _Refuser(asyncio.Protocol):
 class _LocalDialer(PipeEnd):
     """Stream side of a pipe that dials the local service when the stream opens."""
 
-    def __init__(self, client: Client, message: proto.ControlMessage) -> None:
+    def __init__(self, client: Client, message: koding.ControlMessage) -> None:
         super().__init__(Pipe(), 0)
         self._client = client
         self._message = message
-        self._counted = message.protocol == proto.HTTP
+        self._counted = message.protocol == koding.HTTP
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -504,7 +497,7 @@ class _LocalDialer(PipeEnd):
             )
             if stream.is_closing():
                 return
-            if self._message.protocol != proto.TCP:
+            if self._message.protocol != koding.TCP:
                 stream.write(NO_LOCAL_SERVER)
             stream.close()
 

@@ -1,0 +1,23 @@
+"""Host and port text as it appears in Host headers and on the command line."""
+
+from __future__ import annotations
+
+
+def split_host_port(host: str) -> tuple[str, int]:
+    """``("example.com", 8000)`` from ``example.com:8000``; port 0 when absent or invalid."""
+    if host.startswith("["):  # [v6]:port
+        bracket = host.find("]")
+        name, rest = host[1:bracket], host[bracket + 1 :]
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif host.count(":") == 1:
+        name, port_text = host.split(":")
+    else:
+        name, port_text = host, ""
+    port = int(port_text) if port_text.isdigit() and int(port_text) <= 0xFFFF else 0
+    return name, port
+
+
+def parse_addr(address: str, default_port: int = 80) -> tuple[str, int]:
+    """``(host, port)`` from ``host[:port]``, with ``default_port`` when none is given."""
+    host, port = split_host_port(address)
+    return host, port or default_port
