@@ -155,7 +155,6 @@ async def main_async(args: argparse.Namespace) -> None:
 
     async def client_main(stop: asyncio.Event) -> None:
         client = make_client(args)
-        client.add_state_listener(lambda change: logger.debug("client %s", change))
         task = asyncio.ensure_future(client.start())
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)

@@ -25,7 +25,7 @@ from ..yamux import Config, Session
 from . import koding
 from .addr import parse_addr
 from .http1 import find_head_end
-from .splice import Pipe, PipeEnd
+from .splice import CloseAtOnce, Pipe, PipeEnd
 
 logger = logging.getLogger("ytun.client")
 
@@ -134,9 +134,7 @@ class Client:
         self.backoff: Backoff = backoff or ExponentialBackoff()
         self.yamux_config = yamux_config
         self.dial_timeout = dial_timeout
-        self._listeners: list[Callable[[ClientStateChange], None]] = []
-        if on_state_change is not None:
-            self._listeners.append(on_state_change)
+        self._listener = on_state_change
         self._queues: list[asyncio.Queue[ClientStateChange]] = []
         self.state = ClientState.UNKNOWN
         self._session: Session | None = None
@@ -148,9 +146,6 @@ class Client:
         self._idle: asyncio.Event | None = None
 
     # -- state ---------------------------------------------------------------------------
-
-    def add_state_listener(self, callback: Callable[[ClientStateChange], None]) -> None:
-        self._listeners.append(callback)
 
     def state_changes(self) -> AsyncIterator[ClientStateChange]:
         """Every state change from this call on, until the client is closed."""
@@ -174,9 +169,9 @@ class Client:
         change = ClientStateChange(self.state, state, error)
         self.state = state
         logger.debug("client state %s", change)
-        for callback in list(self._listeners):
+        if self._listener is not None:
             try:
-                callback(change)
+                self._listener(change)
             except Exception:
                 logger.exception("client state listener failed")
         for queue in self._queues:
@@ -278,7 +273,7 @@ class Client:
         await session.wait_closed()
         self._connected.clear()
         self._session = None
-        error = control.error or session._error
+        error = control.error or session.error
         self._set_state(ClientState.DISCONNECTED, error)
         if not self._closing:
             logger.warning("tunnel disconnected: %s", error)
@@ -312,7 +307,7 @@ class Client:
         logger.error(
             "server asked for unknown transport protocol %d; closing the stream", message.protocol
         )
-        return _Refuser()
+        return CloseAtOnce()
 
     async def _local_address(self, message: koding.ControlMessage) -> tuple[str, int]:
         port = message.local_port
@@ -456,13 +451,6 @@ class _ClientControl(asyncio.Protocol):
             self.ready.set_exception(exc)
             self.ready.exception()
         self._session.close()
-
-
-class _Refuser(asyncio.Protocol):
-    """Takes a stream for an unknown protocol (keeping the server's FIFO in step) and ends it."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()
 
 
 class _LocalDialer(PipeEnd):

@@ -1,4 +1,5 @@
-"""Join two transports (a tunnel stream and a socket) into one byte pipe.
+"""Protocols for tunnel streams: a byte pipe joining two transports (a tunnel stream and a
+socket), and one that ends a stream nobody wants.
 
 Bytes are passed on as they arrive; EOF on one side becomes a half-close (FIN) on the
 other; a side that cannot keep up pauses reading on the other. Both sides are closed once
@@ -27,10 +28,6 @@ class Pipe:
         # can arrive anyway and must not be dropped.
         self._early: list[bytes] = []
         self.sides = (PipeEnd(self, 0), PipeEnd(self, 1))
-
-    @property
-    def transports(self) -> list[asyncio.Transport | None]:
-        return self._transports
 
     def _made(self, side: int, transport: asyncio.Transport) -> None:
         self._transports[side] = transport
@@ -129,3 +126,14 @@ class PipeEnd(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._pipe._pause(self._side, False)
+
+
+class CloseAtOnce(asyncio.Protocol):
+    """Ends a stream nobody wants: a request that timed out, an unknown protocol number.
+    Taking the stream at all keeps the FIFO matching of streams to requests in step."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        pass  # whatever is still in flight is dropped
