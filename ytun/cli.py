@@ -10,7 +10,8 @@ import secrets
 import signal
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from .demo import start_demo_app
 from .tunnel import Client, Server
@@ -184,6 +185,16 @@ async def main_async(args: argparse.Namespace) -> None:
     await _until_signal(work)
 
 
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed, else on the stock asyncio loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -192,13 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        runner(main_async(args))
+        _run(main_async(args))
     except UsageError as exc:
         print(f"ytun {args.command}: {exc}", file=sys.stderr)
         return 2

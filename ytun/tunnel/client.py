@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import inspect
 import logging
 import random
@@ -125,8 +126,8 @@ class Client:
             raise ValueError("neither server_addr nor fetch_server_addr is set")
         if not identifier and fetch_identifier is None:
             raise ValueError("neither identifier nor fetch_identifier is set")
-        self._fetch_server_addr = fetch_server_addr or (lambda: server_addr)
-        self._fetch_identifier = fetch_identifier or (lambda: identifier)
+        self._fetch_server_addr: StringSource = fetch_server_addr or (lambda: server_addr or "")
+        self._fetch_identifier: StringSource = fetch_identifier or (lambda: identifier or "")
         self.local_addr = local_addr
         self.tcp_local = dict(tcp_local or {})
         self.fetch_local_addr = fetch_local_addr
@@ -412,7 +413,7 @@ class _ClientControl(asyncio.Protocol):
             message = self._backlog[0]
             try:
                 self._session.open_stream_nowait(
-                    lambda message=message: self._client._stream_protocol(message)
+                    functools.partial(self._client._stream_protocol, message)
                 )
             except StreamLimitError:
                 self._opener = asyncio.get_running_loop().create_task(self._open_later())

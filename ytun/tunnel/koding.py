@@ -18,7 +18,6 @@ ACTION_REQUEST_CLIENT_SESSION = 1
 HTTP = 1
 TCP = 2
 WS = 3
-PROTOCOL_NAMES = {HTTP: "http", TCP: "tcp", WS: "websocket"}
 
 #: koding/tunnel's own timers (server waiting for streams, client dialling its local side).
 CONTROL_TIMEOUT = 10.0
@@ -37,7 +36,11 @@ def connect_request(host: str, identifier: str) -> bytes:
 
 def control_message(protocol: int, local_port: int) -> bytes:
     """One server → client ControlMessage, as Go's json.Encoder writes it."""
-    return b'{"action":1,"transportProtocol":%d,"localPort":%d}\n' % (protocol, local_port)
+    return b'{"action":%d,"transportProtocol":%d,"localPort":%d}\n' % (
+        ACTION_REQUEST_CLIENT_SESSION,
+        protocol,
+        local_port,
+    )
 
 
 @dataclass(frozen=True)
