@@ -74,3 +74,73 @@ async def test_pipelined_refused_connects_are_answered_without_recursion(server,
     assert all(answer.startswith(REFUSED_STATUS) for answer in answers)
     assert not any(record.exc_info for record in caplog.records)
     assert not any(record.levelno >= logging.ERROR for record in caplog.records)
+
+
+async def test_connections_beyond_max_connections_get_503(caplog) -> None:
+    """Issue 12 #8: a cap on connections held, answered cleanly when reached."""
+    server = Server(max_connections=3)
+    listener = await server.serve("127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+    try:
+        await wait_held(server, 3)
+        with caplog.at_level(logging.WARNING, logger="ytun.server"):
+            answers = []
+            for _ in range(2):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET / HTTP/1.1\r\nHost: any.test\r\n\r\n")
+                answers.append(await asyncio.wait_for(reader.read(), TIMEOUT))
+                writer.close()
+        assert all(a.startswith(b"HTTP/1.1 503 Service Unavailable\r\n") for a in answers)
+        assert all(a.endswith(b"server at capacity, try again later\n") for a in answers)
+        warnings = [r for r in caplog.records if "refusing connections" in r.getMessage()]
+        assert len(warnings) == 1  # once per episode, not per connection
+        _, writer = held.pop()
+        writer.close()
+        await wait_held(server, 2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: unknown.test\r\n\r\n")
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert answer.startswith(b"HTTP/1.1 502")  # served again: routed, and unknown
+        writer.close()
+    finally:
+        for _, writer in held:
+            writer.close()
+        await server.close(grace=0)
+
+
+async def wait_held(server: Server, count: int) -> None:
+    async def poll() -> None:
+        while len(server._public) != count:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), TIMEOUT)
+
+
+def test_max_connections_defaults_below_the_descriptor_limit() -> None:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    server = Server()
+    assert 0 < server.max_connections < soft or soft == resource.RLIM_INFINITY
+    with pytest.raises(ValueError):
+        Server(max_connections=0)
+
+
+def test_raise_fd_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import resource\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "low = min(256, soft)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))\n"
+        "from ytun.tunnel.limits import raise_fd_limit\n"
+        "before, after = raise_fd_limit()\n"
+        "now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]\n"
+        "expected = low if hard == resource.RLIM_INFINITY else hard\n"
+        "assert (before, after, now) == (low, expected, expected), (before, after, now, hard)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -16,6 +16,7 @@ from typing import Any
 from .demo import start_demo_app
 from .tunnel import Client, Server
 from .tunnel.addr import split_host_port
+from .tunnel.limits import raise_fd_limit
 
 logger = logging.getLogger("ytun")
 
@@ -61,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--tls-cert", help="certificate chain (PEM) for TLS on --listen")
     server.add_argument("--tls-key", help="private key (PEM) for --tls-cert")
     server.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="connections held at once; more are answered 503 "
+        "(default: the descriptor limit, raised to its maximum at start, less 64)",
+    )
+    server.add_argument(
         "--no-forwarded-headers",
         action="store_true",
         help="do not add X-Forwarded-For/-Proto/-Host",
@@ -95,7 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run_server(args: argparse.Namespace, ready: Callable[[str], None]) -> Server:
-    server = Server(forwarded_headers=not args.no_forwarded_headers)
+    before, after = raise_fd_limit()
+    if after != before:
+        logger.debug("descriptor limit raised from %d to %d", before, after)
+    if args.max_connections is not None and args.max_connections <= 0:
+        raise UsageError("--max-connections must be positive")
+    server = Server(
+        forwarded_headers=not args.no_forwarded_headers, max_connections=args.max_connections
+    )
     for value in args.host:
         host, identifier = _mapping(value, "--host")
         server.add_host(host, identifier)

@@ -88,6 +88,9 @@ class ClientLinks:
         self._states: dict[str, ServerState] = {}
         self.refused = 0
 
+    def __len__(self) -> int:
+        return len(self._links)
+
     def __iter__(self) -> Any:
         return iter(list(self._links.values()))
 

@@ -21,7 +21,8 @@ from ..yamux import Config
 from . import koding
 from .connections import PublicConnections
 from .front import PublicProtocol
-from .http1 import RequestHead
+from .http1 import RequestHead, error_response
+from .limits import default_max_connections
 from .links import ClientLink, ClientLinks, ServerState, ServerStateChange
 from .registry import MemoryRegistry, Registry
 from .tcp import TcpListeners
@@ -61,11 +62,19 @@ class Server:
         duplicate_ping_timeout: float = 2.0,
         max_head_size: int = 64 * 1024,
         idle_timeout: float | None = 120.0,
+        max_connections: int | None = None,
         on_state_change: Callable[[ServerStateChange], None] | None = None,
     ) -> None:
         self.registry = registry if registry is not None else MemoryRegistry()
         self.forwarded_headers = forwarded_headers
         self.max_head_size = max_head_size
+        #: Public and client connections held at once; more are answered 503 and closed.
+        self.max_connections = (
+            max_connections if max_connections is not None else default_max_connections()
+        )
+        if self.max_connections <= 0:
+            raise ValueError("max_connections must be positive")
+        self._at_capacity = False
         self._listener = on_state_change
         self._queues: list[asyncio.Queue[ServerStateChange]] = []
         self._public = PublicConnections(idle_timeout)
@@ -170,7 +179,21 @@ class Server:
 
     # -- listening -----------------------------------------------------------------------
 
-    def protocol_factory(self) -> PublicProtocol:
+    def protocol_factory(self) -> asyncio.Protocol:
+        held = len(self._public) + len(self._links)
+        if held >= self.max_connections:
+            if not self._at_capacity:  # once per episode, not once per connection
+                self._at_capacity = True
+                logger.warning(
+                    "refusing connections: %d held, the limit is %d (max_connections; "
+                    "raise it, and the descriptor limit, ulimit -n)",
+                    held,
+                    self.max_connections,
+                )
+            return _AtCapacity()
+        if self._at_capacity and held < self.max_connections * 0.9:
+            self._at_capacity = False
+            logger.info("accepting connections again: %d held", held)
         return PublicProtocol(self)
 
     async def serve(
@@ -212,3 +235,25 @@ class Server:
             await listener.wait_closed()
         await self._tcp.wait_closed()
         self._servers.clear()
+
+
+class _AtCapacity(asyncio.Protocol):
+    """Answers a connection beyond ``max_connections`` with 503 and ends it.
+
+    The request is read and dropped until the client closes (for at most a second):
+    closing a socket with unread input sends RST, which could destroy the answer."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        stream: asyncio.Transport = transport  # type: ignore[assignment]
+        stream.write(error_response(503, "server at capacity, try again later", close=True))
+        if stream.can_write_eof():
+            stream.write_eof()
+            asyncio.get_running_loop().call_later(1.0, stream.close)
+        else:
+            stream.close()
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # the client has the answer: close now
