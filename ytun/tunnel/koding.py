@@ -11,6 +11,9 @@ IDENTIFIER_HEADER = "X-Ktunnel-Identifier"
 CONNECTED_STATUS = "200 Connected to Tunnel"
 #: Bare LF and no headers, exactly as the Go server writes it.
 CONNECTED_RESPONSE = b"HTTP/1.1 200 Connected to Tunnel\n\n"
+#: The body the Go server sends when no host uses the identifier (its client only reads
+#: the status line; ours tells a refused identifier from other failures by it).
+REFUSED_BODY = b"no host associated for identifier"
 HANDSHAKE_REQUEST = b"controlHandshake"
 HANDSHAKE_RESPONSE = b"controlOk"
 

@@ -147,6 +147,11 @@ class Server:
             if link.connected
         ]
 
+    @property
+    def in_flight(self) -> int:
+        """Public connections with a request still waiting for its answer."""
+        return self._public.in_flight
+
     def is_connected(self, identifier: str) -> bool:
         return self._links.get(identifier) is not None
 
