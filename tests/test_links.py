@@ -34,7 +34,7 @@ async def read_answers(reader: asyncio.StreamReader, count: int) -> list[bytes]:
 
 @pytest.fixture
 async def server():
-    server = Server()
+    server = Server(refusal_burst=10**6)  # these tests refuse many from one address
     server.add_host("known.test", "KNOWN-SECRET")
     listener = await server.serve("127.0.0.1", 0)
     server.port = listener.sockets[0].getsockname()[1]
@@ -144,3 +144,33 @@ def test_raise_fd_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+async def test_an_address_that_keeps_guessing_is_cut_off(caplog) -> None:
+    """Unknown identifiers from one address beyond the bucket get 429 and a closed
+    connection, so guesses cost a connection each at the bucket's rate."""
+    server = Server(refusal_rate=0.001, refusal_burst=3)
+    listener = await server.serve("127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        with caplog.at_level(logging.WARNING, logger="ytun.server"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(connect("GUESS-1") * 3 + connect("GUESS-2") + connect("GUESS-3"))
+            answers = await read_answers(reader, 4)
+            assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""  # closed
+            writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(connect("GUESS-4"))
+            answers += await read_answers(reader, 1)
+            writer.close()
+        statuses = [answer.split(b"\r\n", 1)[0] for answer in answers]
+        assert (
+            statuses == [b"HTTP/1.1 502 Bad Gateway"] * 3 + [b"HTTP/1.1 429 Too Many Requests"] * 2
+        )
+        logged = [r.getMessage() for r in caplog.records if "refused a client" in r.getMessage()]
+        assert len(logged) == 3  # the cut-off ones are not logged one by one
+        assert all("127.0.0.1" in line for line in logged)
+        assert not any("GUESS" in r.getMessage() for r in caplog.records)
+        assert server._links.refused == 5
+    finally:
+        await server.close(grace=0)

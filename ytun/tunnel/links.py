@@ -16,6 +16,7 @@ from ..errors import SessionClosedError
 from ..yamux import Config, Session
 from . import koding
 from .http1 import RequestHead, error_response
+from .ratelimit import TokenBuckets
 from .registry import Registry
 from .splice import CloseAtOnce
 
@@ -24,6 +25,11 @@ logger = logging.getLogger("ytun.server")
 #: The Go client compares only the status line; the body is kept as the original has it.
 REFUSED_RESPONSE = error_response(
     502, "no host associated for identifier. please use server.AddHost()"
+)
+
+
+TOO_MANY_REFUSALS = error_response(
+    429, "too many unknown identifiers from this address; try again later", close=True
 )
 
 
@@ -76,6 +82,7 @@ class ClientLinks:
         duplicate_ping_timeout: float,
         on_change: Callable[[ServerStateChange], None],
         on_client_leaving: Callable[[str], None],
+        refusals: TokenBuckets,
     ) -> None:
         self.registry = registry
         self.yamux_config = yamux_config
@@ -87,6 +94,7 @@ class ClientLinks:
         self._links: dict[str, ClientLink] = {}
         self._states: dict[str, ServerState] = {}
         self.refused = 0
+        self._refusals = refusals
 
     def __len__(self) -> int:
         return len(self._links)
@@ -103,26 +111,14 @@ class ClientLinks:
 
     def connect(self, public: ControlConnection, head: RequestHead, extra: bytes) -> bytes | None:
         """A CONNECT on the control path. Returns the HTTP answer when it is refused (the
-        connection stays an HTTP one), or None once the connection belongs to a client."""
+        connection stays an HTTP one), or None once the connection is taken: it belongs to
+        a client, or it was closed."""
         transport = public.transport
         if transport is None:
             return None
         identifier = head.identifier.decode("latin-1")
-        if not identifier or not self.registry.has_host(identifier):
-            self.refused += 1
-            peer = transport.get_extra_info("peername")
-            logger.warning(
-                "refused a client from %s: unknown identifier (%d refused so far)",
-                peer[0] if isinstance(peer, tuple) else "-",
-                self.refused,
-            )
-            self._notify(
-                "<unregistered client>",
-                ServerState.UNKNOWN,
-                ServerState.CLOSED,
-                ConnectionRefusedError("no host associated for identifier"),
-            )
-            return REFUSED_RESPONSE
+        if not identifier or not self.registry.knows(identifier):
+            return self._refuse(transport)
         existing = self._links.get(identifier)
         if existing is None:
             self._accept(identifier, transport, extra)
@@ -133,6 +129,30 @@ class ClientLinks:
             self._resolve_duplicate(existing, identifier, transport, extra)
         )
         task.add_done_callback(_report)
+        return None
+
+    def _refuse(self, transport: asyncio.Transport) -> bytes | None:
+        """Answer an unknown identifier; an address that keeps guessing is cut off."""
+        self.refused += 1
+        self._notify(
+            "<unregistered client>",
+            ServerState.UNKNOWN,
+            ServerState.CLOSED,
+            ConnectionRefusedError("no host associated for identifier"),
+        )
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) else "-"
+        if self._refusals.take(address):
+            logger.warning(
+                "refused a client from %s: unknown identifier (%d refused from there)",
+                address,
+                self._refusals.refused(address) + 1,
+            )
+            return REFUSED_RESPONSE
+        # Out of tokens: answer once more and close, so each further guess costs a new
+        # connection, at the bucket's rate. Not logged one by one (that would be a flood).
+        transport.write(TOO_MANY_REFUSALS)
+        transport.close()
         return None
 
     async def _resolve_duplicate(
@@ -181,7 +201,7 @@ class ClientLinks:
         self, identifier: str, state: ServerState, error: BaseException | None = None
     ) -> None:
         previous = self._states.get(identifier, ServerState.UNKNOWN)
-        if self.registry.has_host(identifier) or identifier in self._links:
+        if identifier in self._links or self.registry.knows(identifier):
             self._states[identifier] = state
         else:
             self._states.pop(identifier, None)  # its hosts are gone: forget it

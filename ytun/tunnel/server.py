@@ -24,6 +24,7 @@ from .front import PublicProtocol
 from .http1 import RequestHead, error_response
 from .limits import default_max_connections
 from .links import ClientLink, ClientLinks, ServerState, ServerStateChange
+from .ratelimit import TokenBuckets
 from .registry import MemoryRegistry, Registry
 from .tcp import TcpListeners
 
@@ -63,6 +64,8 @@ class Server:
         max_head_size: int = 64 * 1024,
         idle_timeout: float | None = 120.0,
         max_connections: int | None = None,
+        refusal_rate: float = 1.0,
+        refusal_burst: int = 10,
         on_state_change: Callable[[ServerStateChange], None] | None = None,
     ) -> None:
         self.registry = registry if registry is not None else MemoryRegistry()
@@ -86,6 +89,7 @@ class Server:
             duplicate_ping_timeout=duplicate_ping_timeout,
             on_change=self._state_changed,
             on_client_leaving=self._public.client_leaving,
+            refusals=TokenBuckets(refusal_rate, refusal_burst),
         )
         self._tcp = TcpListeners(self.registry, self.link_for)
         self._servers: list[asyncio.Server] = []
@@ -167,8 +171,8 @@ class Server:
     def control_connect(
         self, public: PublicProtocol, head: RequestHead, extra: bytes
     ) -> bytes | None:
-        """A CONNECT on the control path: None once a client owns the connection, else the
-        answer to write (the connection stays a public one)."""
+        """A CONNECT on the control path: None once the connection is taken (a client owns
+        it, or it was closed), else the answer to write (it stays a public connection)."""
         answer = self._links.connect(public, head, extra)
         if answer is None:
             # The connection is the client's session now: close() must leave it to the
