@@ -39,10 +39,7 @@ class Pipe:
             transport.writelines(self._early)
             self._early.clear()
         if self._eof[1 - side]:  # the first side's EOF came before this side existed
-            if transport.can_write_eof():
-                transport.write_eof()
-            else:
-                transport.close()
+            _end_writing(transport)
         if other is None:  # the first side is already gone: pass on its end
             transport.close()
         elif not other.is_closing():
@@ -62,10 +59,7 @@ class Pipe:
         self._eof[side] = True
         other = self._transports[1 - side]
         if other is not None and not other.is_closing():
-            if other.can_write_eof():
-                other.write_eof()
-            else:
-                other.close()
+            _end_writing(other)
         if all(self._eof):
             self.close()
 
@@ -97,6 +91,19 @@ class Pipe:
         for transport in self._transports:
             if transport is not None:
                 transport.abort()
+
+
+def _end_writing(transport: asyncio.Transport) -> None:
+    """Half-close ``transport`` (FIN), or close it where half-close does not exist."""
+    try:
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
+    except OSError:
+        # The stock loop's write_eof() calls shutdown(), which fails (ENOTCONN) once the
+        # peer has reset the connection before the loop noticed: nothing is left to end.
+        transport.abort()
 
 
 class PipeEnd(asyncio.Protocol):
