@@ -23,6 +23,11 @@ NOTICE = (
 )
 
 
+def _reason(exc):
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:80]}" if text else type(exc).__name__
+
+
 class OptionalBuildExt(build_ext):
     """Builds the extension when a compiler is there; otherwise leaves it out."""
 
@@ -30,13 +35,13 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as exc:  # no compiler, no Python headers, ...
-            print(NOTICE.format(reason=exc), file=sys.stderr)
+            print(NOTICE.format(reason=_reason(exc)), file=sys.stderr)
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as exc:
-            print(NOTICE.format(reason=exc), file=sys.stderr)
+            print(NOTICE.format(reason=_reason(exc)), file=sys.stderr)
 
 
 if NO_EXTENSIONS:
