@@ -36,7 +36,13 @@ pytestmark = [
 @pytest.mark.timeout(90)
 def test_quick_run_measures_direct_and_tunnel(tmp_path: Path) -> None:
     out = tmp_path / "e2e"
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    # No working git (a release tarball, a bare machine): the harness must not need it.
+    no_git = tmp_path / "bin"
+    no_git.mkdir()
+    (no_git / "git").write_text("#!/bin/sh\necho 'git: not installed here' >&2\nexit 127\n")
+    (no_git / "git").chmod(0o755)
+    path = f"{no_git}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PATH=path)
     completed = subprocess.run(
         [
             sys.executable,
@@ -60,6 +66,7 @@ def test_quick_run_measures_direct_and_tunnel(tmp_path: Path) -> None:
 
     data = json.loads((out / "results.json").read_text())
     assert data["aborted"] is None
+    assert data["meta"]["git"] == "?"
     assert set(data["targets"]) == {"direct", "ytun"}
     load = [s for s in data["scenarios"] if s["kind"] in ("keepalive", "close")]
     assert {s["id"] for s in load} == {"keepalive-c1", "keepalive-c32", "close-c1", "close-c32"}

@@ -609,10 +609,12 @@ class Bench:
         }
 
     def meta(self) -> dict:
-        _, rev, _ = run_bounded(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], 10)
-        _, dirty, _ = run_bounded(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], 10
-        )
+        rev = dirty = ""
+        if shutil.which("git"):  # a release tarball or a bare machine has no git: say "?"
+            _, rev, _ = run_bounded(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], 10)
+            _, dirty, _ = run_bounded(
+                ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], 10
+            )
         try:
             from ytun import __version__ as ytun_version
         except ImportError:
