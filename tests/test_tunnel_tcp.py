@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import random
 import socket
 import time
@@ -180,9 +181,11 @@ async def test_single_tcp_with_tcp_local_and_a_listening_socket():
 
 
 @needs_second_loopback
-async def test_default_local_address_is_the_public_port_on_loopback():
-    """Without tcp_local or fetch_local_addr the client dials 127.0.0.1:<public port>."""
+async def test_default_local_address_is_the_public_port_on_loopback(monkeypatch):
+    """Without tcp_local or fetch_local_addr the client dials 127.0.0.1:<public port>
+    (when the server is on another machine; here the check is told so)."""
     async with Tunnel() as tunnel:
+        monkeypatch.setattr(tunnel.client, "_server_is_local", lambda: False)
         _, port = await tunnel.server.add_addr("127.0.0.2:0", tunnel.identifier)
         local = LocalServer(echo_handler(b"default:"), port)
         try:
@@ -193,6 +196,33 @@ async def test_default_local_address_is_the_public_port_on_loopback():
             assert await exchange(port, b"x", host="127.0.0.2") == b"default:x\n"
         finally:
             await local.__aexit__()
+
+
+async def test_default_local_address_that_is_the_server_itself_is_refused(caplog):
+    """On the server's machine, the default 127.0.0.1:<public port> is the server's own
+    TCP listener: dialing it would loop (each dial a new public connection). Refused."""
+    async with Tunnel() as tunnel:
+        _, port = await tunnel.server.add_addr("127.0.0.1:0", tunnel.identifier)
+        with caplog.at_level(logging.ERROR, logger="ytun.client"):
+            await assert_closed_at_once(port)
+        await asyncio.sleep(0.2)
+        assert tunnel.server.clients[0].streams <= 2  # the control stream, and no loop
+    messages = [r.getMessage() for r in caplog.records if r.name == "ytun.client"]
+    assert any(f"--tcp-local {port}=ADDR" in m and "server's own listener" in m for m in messages)
+
+
+async def test_http_default_that_is_the_server_itself_is_refused(caplog):
+    """Without local_addr the client sends HTTP to 127.0.0.1:<Host port>; when that is the
+    tunnel server's own address the request would come straight back: 503, not a loop."""
+    async with Tunnel(client_kwargs={"local_addr": None}) as tunnel:
+        with caplog.at_level(logging.ERROR, logger="ytun.client"):
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(tunnel.url, headers={"Host": tunnel.host}) as response,
+            ):
+                assert response.status == 503
+                assert await response.text() == "no local server"
+    assert any("is the server itself" in r.getMessage() for r in caplog.records)
 
 
 async def test_multiple_tcp():

@@ -17,6 +17,7 @@ from .errors import (
     StreamResetError,
     StreamsExhaustedError,
     TunnelError,
+    TunnelLoopError,
     YtunError,
 )
 from .tunnel import (
@@ -54,6 +55,7 @@ __all__ = [
     "StreamResetError",
     "StreamsExhaustedError",
     "TunnelError",
+    "TunnelLoopError",
     "YtunError",
     "__version__",
 ]

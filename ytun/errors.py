@@ -60,3 +60,7 @@ class RedialAbortedError(TunnelError):
 
 class IdentifierRefusedError(TunnelError):
     """The server does not know this client's identifier (no host or TCP route uses it)."""
+
+
+class TunnelLoopError(TunnelError):
+    """The local address a stream would be sent to is the tunnel server itself."""

@@ -7,6 +7,7 @@ import asyncio
 import enum
 import functools
 import inspect
+import ipaddress
 import logging
 import random
 import ssl as ssl_module
@@ -21,6 +22,7 @@ from ..errors import (
     SessionClosedError,
     StreamLimitError,
     TunnelError,
+    TunnelLoopError,
     YtunError,
 )
 from ..yamux import Config, Session
@@ -342,10 +344,39 @@ class Client:
                 return parse_addr(self.tcp_local[port])
             if self.fetch_local_addr is not None:
                 return parse_addr(await _resolve(self.fetch_local_addr(port)))
+            # The public port is a listener of the server: on the server's machine the
+            # default target is that listener itself, and every connection would loop.
+            if self._server_is_local():
+                raise TunnelLoopError(
+                    f"TCP port {port} has no local address (--tcp-local {port}=ADDR) and the "
+                    f"default 127.0.0.1:{port} is the server's own listener on this machine"
+                )
             return "127.0.0.1", port
         if self.local_addr is not None:
             return parse_addr(self.local_addr)
-        return "127.0.0.1", port or 80
+        port = port or 80
+        session = self._session
+        server = session.get_extra_info("peername") if session is not None else None
+        if self._server_is_local() and isinstance(server, tuple) and server[1] == port:
+            raise TunnelLoopError(
+                f"no local address is set (--local) and the default 127.0.0.1:{port} is the "
+                "server itself on this machine"
+            )
+        return "127.0.0.1", port
+
+    def _server_is_local(self) -> bool:
+        """True when the server runs on this machine (so its ports are not ours to use)."""
+        session = self._session
+        if session is None:
+            return False
+        server = session.get_extra_info("peername")
+        ours = session.get_extra_info("sockname")
+        if not isinstance(server, tuple) or not isinstance(ours, tuple):
+            return False
+        try:
+            return ipaddress.ip_address(server[0]).is_loopback or server[0] == ours[0]
+        except ValueError:
+            return False
 
     def _http_stream_done(self) -> None:
         self._http_streams -= 1
