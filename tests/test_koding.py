@@ -245,13 +245,17 @@ def test_invalid_utf8_inside_a_message_raises() -> None:
         decode_all(b'{"x":"\xff\xfe","action":1}')
 
 
-def test_invalid_utf8_is_reported_once_more_bytes_follow_it() -> None:
-    # A lone bad byte at the very end might be the start of a split character, so the
-    # decoder may hold it back; once the next bytes arrive it cannot be anything valid.
-    decoder = ControlDecoder()
-    assert decoder.feed(b'{"x":"\xff') == []
+def test_a_byte_that_can_start_no_character_is_reported_at_once() -> None:
+    # 0xff is never valid UTF-8, so it is not held back as a possibly split character.
     with pytest.raises(ValueError):
-        decoder.feed(b'abcdef"}')
+        ControlDecoder().feed(b'{"x":"\xff')
+
+
+def test_a_truncated_character_waits_and_then_must_complete() -> None:
+    decoder = ControlDecoder()
+    assert decoder.feed(b'{"x":"\xe2\x82') == []  # the start of a 3-byte character
+    with pytest.raises(ValueError):
+        decoder.feed(b'abc"}')  # ...that never completes
 
 
 def test_multibyte_character_split_across_feeds_decodes() -> None:
@@ -279,23 +283,12 @@ def test_an_unfinished_message_under_the_limit_is_kept() -> None:
     assert decoder.feed(b'","action":1}') == [ControlMessage(1, 0, 0)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ControlDecoder checks MAX_CONTROL_MESSAGE only while a message is incomplete: "
-    "an oversized message that arrives complete in one feed is accepted",
-)
 def test_a_complete_message_over_the_limit_raises_even_in_one_feed() -> None:
     message = b'{"pad":"' + b"a" * MAX_CONTROL_MESSAGE + b'","action":1}'
     with pytest.raises(ValueError):
         decode_all(message)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ControlDecoder treats a buffer whose JSON error is not at its end (and not an "
-    "unterminated string) as malformed, so a valid message split inside true/false/null, "
-    "after a minus sign, inside a fraction or exponent, or inside a \\u escape raises",
-)
 @pytest.mark.parametrize(
     "message",
     [
@@ -315,13 +308,6 @@ def test_valid_messages_split_inside_a_token_decode(message: bytes) -> None:
         assert decode_all(message[:offset], message[offset:]) == expected, offset
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ControlDecoder lets RecursionError from the json module escape for deeply "
-    "nested input (under the size limit); the control-stream handlers in links.py and "
-    "client.py catch only ValueError, so a peer can raise into the event loop instead of "
-    "being disconnected",
-)
 @pytest.mark.parametrize(
     "data",
     [

@@ -21,7 +21,7 @@ LAYERS = [
     ("ytun._version", "ytun._const", "ytun.errors", "ytun._frames", "ytun._frames_py"),
     ("ytun.yamux",),
     ("ytun.tunnel",),
-    ("ytun", "ytun.cli", "ytun.demo", "ytun.__main__"),
+    ("ytun", "ytun.cli", "ytun.settings", "ytun.demo", "ytun.__main__"),
 ]
 
 

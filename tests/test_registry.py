@@ -124,11 +124,6 @@ def test_an_empty_host_or_identifier_is_refused(host: str, identifier: str) -> N
     assert registry.lookup_host(host) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lookup_host falls back through split_host_port, which raises ValueError for a "
-    "Host whose port is a latin-1 superscript digit (see the split_host_port xfail)",
-)
 def test_a_host_with_a_superscript_digit_port_falls_back_to_the_bare_host() -> None:
     # front.py decodes the Host header as latin-1, so b"app.example.com:\xb2" arrives as this.
     registry = MemoryRegistry()
@@ -279,12 +274,6 @@ def test_split_host_port(text: str, expected: tuple[str, int]) -> None:
     assert split_host_port(text) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="split_host_port trusts str.isdigit(): superscript digits (reachable from a "
-    "latin-1 Host header, e.g. b'app:\\xb2') and ports over 4300 digits make int() raise "
-    "ValueError instead of giving port 0, and other Unicode digits parse as a port",
-)
 @pytest.mark.parametrize(
     "port_text",
     ["\u00b2", "8\u00b3", "1" * 5000, "\u0668\u0660"],

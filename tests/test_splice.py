@@ -152,12 +152,6 @@ def test_a_first_side_lost_before_the_second_exists_closes_the_second_on_arrival
     assert "abort" not in second.calls
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Pipe._lost records only that the first side is gone, not its error, so a "
-    "second side that arrives after a failed first side is closed cleanly (FIN) instead of "
-    "aborted, and its peer cannot tell a truncated stream from a complete one",
-)
 def test_a_first_side_lost_with_an_error_before_the_second_exists_aborts_it() -> None:
     pipe = Pipe()
     first, second = FakeTransport(), FakeTransport()

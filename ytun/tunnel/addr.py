@@ -13,7 +13,9 @@ def split_host_port(host: str) -> tuple[str, int]:
         name, port_text = host.split(":")
     else:
         name, port_text = host, ""
-    port = int(port_text) if port_text.isdigit() and int(port_text) <= 0xFFFF else 0
+    # ASCII digits only: str.isdigit() also takes "²" or "٨", which int() rejects or reads.
+    valid = 0 < len(port_text) <= 5 and port_text.isascii() and port_text.isdigit()
+    port = int(port_text) if valid and int(port_text) <= 0xFFFF else 0
     return name, port
 
 

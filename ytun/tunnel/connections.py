@@ -23,12 +23,15 @@ class PublicConnection(Protocol):
 
 class PublicConnections:
     """Open public connections. One that read nothing and awaited no answer for between
-    ``idle_timeout`` and 1.5 × ``idle_timeout`` is closed: a sweep every half timeout
-    closes it when it is found quiet twice in a row (one timer for all connections)."""
+    ``idle_timeout`` and 1.5 × ``idle_timeout`` is closed, by one timer for all of them: a
+    sweep every half timeout. A connection seen reading is closed on the second quiet sweep
+    after that one (its read came before it); one just opened, or seen waiting for an
+    answer, only on the third (its quiet began after that sweep, at an unknown time)."""
 
     def __init__(self, idle_timeout: float | None) -> None:
         self.idle_timeout = idle_timeout
-        # connection -> (its activity at the last sweep, quiet sweeps in a row)
+        # connection -> (its activity at the last sweep, quiet sweeps in a row; -1 when the
+        # next sweep cannot yet count as quiet)
         self._open: dict[PublicConnection, tuple[int, int]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -36,7 +39,7 @@ class PublicConnections:
         return len(self._open)
 
     def opened(self, public: PublicConnection) -> None:
-        self._open[public] = (public.activity, 0)
+        self._open[public] = (public.activity, -1)
         if self._sweeper is None and self.idle_timeout is not None:
             self._schedule()
 
@@ -70,7 +73,9 @@ class PublicConnections:
     def _sweep(self) -> None:
         self._sweeper = None
         for public, (seen, quiet) in list(self._open.items()):
-            if public.activity != seen or not public.idle:
+            if not public.idle:
+                self._open[public] = (public.activity, -1)
+            elif public.activity != seen:
                 self._open[public] = (public.activity, 0)
             elif quiet + 1 >= 2:
                 public.close()

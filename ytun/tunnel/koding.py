@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 CONTROL_PATH = "/_controlPath/"
@@ -25,8 +26,10 @@ WS = 3
 #: koding/tunnel's own timers (server waiting for streams, client dialling its local side).
 CONTROL_TIMEOUT = 10.0
 
-#: A control message can never legitimately be this large.
+#: A control message can never legitimately be this large...
 MAX_CONTROL_MESSAGE = 64 * 1024
+#: ...nor nested this deeply (a ControlMessage is one flat object).
+MAX_CONTROL_DEPTH = 32
 
 
 def connect_request(host: str, identifier: str) -> bytes:
@@ -54,15 +57,22 @@ class ControlMessage:
 
 
 class ControlDecoder:
-    """Splits a byte stream into JSON values, however they are split or packed.
+    """Splits a byte stream into JSON objects, however they are split or packed.
 
     Keys are matched case-insensitively and unknown keys are ignored, as Go's decoder does.
+    Each object is delimited by a scan of its brackets and strings first (so a split
+    anywhere, even inside a literal or an escape, only waits for more bytes), and parsed
+    only when complete, within ``MAX_CONTROL_MESSAGE`` bytes and ``MAX_CONTROL_DEPTH``
+    levels of nesting.
     """
 
     def __init__(self) -> None:
         self._buffer = ""
         self._pending = b""
-        self._json = json.JSONDecoder()
+        self._start = -1  # where the object being delimited begins in _buffer, -1: none
+        self._scanned = 0  # how far it was scanned
+        self._depth = 0
+        self._in_string = False
 
     def feed(self, data: bytes) -> list[ControlMessage]:
         """Messages completed by ``data``; raises ``ValueError`` on anything but objects."""
@@ -71,37 +81,87 @@ class ControlDecoder:
             chunk = text.decode("utf-8")
             self._pending = b""
         except UnicodeDecodeError as exc:
-            if exc.start < len(text) - 3:
+            if exc.start < len(text) - 3 or exc.reason != "unexpected end of data":
                 raise ValueError("control stream is not UTF-8") from exc
             chunk, self._pending = text[: exc.start].decode("utf-8"), text[exc.start :]
         self._buffer += chunk
         messages = []
-        while True:
-            stripped = self._buffer.lstrip()
-            if not stripped:
-                self._buffer = ""
-                break
-            try:
-                value, end = self._json.raw_decode(stripped)
-            except json.JSONDecodeError:
-                if len(stripped) > MAX_CONTROL_MESSAGE:
-                    raise ValueError("control message too large") from None
-                if _incomplete(stripped):
-                    self._buffer = stripped
-                    break
-                raise ValueError("malformed control message") from None
-            self._buffer = stripped[end:]
-            if not isinstance(value, dict):
-                raise ValueError("control message is not a JSON object")
-            fields = {key.lower(): item for key, item in value.items()}
-            messages.append(
-                ControlMessage(
-                    _int(fields.get("action")),
-                    _int(fields.get("transportprotocol")),
-                    _int(fields.get("localport")),
-                )
-            )
+        while (end := self._object_end()) is not None:
+            raw, self._buffer = self._buffer[self._start : end], self._buffer[end:]
+            self._start = -1
+            messages.append(_message(raw))
         return messages
+
+    def _object_end(self) -> int | None:
+        """Offset just past the next complete object in the buffer, or None for now."""
+        buffer = self._buffer
+        if self._start < 0:
+            first = _NOT_SPACE.search(buffer)
+            if first is None:
+                self._buffer = ""
+                return None
+            if buffer[first.start()] != "{":
+                raise ValueError("control message is not a JSON object")
+            self._buffer = buffer = buffer[first.start() :]
+            self._start, self._scanned, self._depth, self._in_string = 0, 0, 0, False
+        position = self._scanned
+        while True:
+            if self._in_string:
+                match = _STRING_STOP.search(buffer, position)
+                if match is None:
+                    position = len(buffer)
+                    break
+                if match.group() == "\\":
+                    if match.end() >= len(buffer):
+                        position = match.start()  # the escaped character is not here yet
+                        break
+                    position = match.end() + 1
+                    continue
+                self._in_string = False
+                position = match.end()
+                continue
+            match = _STRUCTURE.search(buffer, position)
+            if match is None:
+                position = len(buffer)
+                break
+            position = match.end()
+            token = match.group()
+            if token == '"':
+                self._in_string = True
+            elif token in "{[":
+                self._depth += 1
+                if self._depth > MAX_CONTROL_DEPTH:
+                    raise ValueError("control message nested too deeply")
+            else:
+                self._depth -= 1
+                if self._depth == 0:
+                    if position - self._start > MAX_CONTROL_MESSAGE:
+                        raise ValueError("control message too large")
+                    return position
+        self._scanned = position
+        if len(buffer) - self._start > MAX_CONTROL_MESSAGE:
+            raise ValueError("control message too large")
+        return None
+
+
+_NOT_SPACE = re.compile(r"[^ \t\r\n]")
+_STRUCTURE = re.compile(r'[{}\[\]"]')
+_STRING_STOP = re.compile(r'["\\]')
+
+
+def _message(raw: str) -> ControlMessage:
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        raise ValueError("malformed control message") from None
+    if not isinstance(value, dict):
+        raise ValueError("control message is not a JSON object")
+    fields = {key.lower(): item for key, item in value.items()}
+    return ControlMessage(
+        _int(fields.get("action")),
+        _int(fields.get("transportprotocol")),
+        _int(fields.get("localport")),
+    )
 
 
 def _int(value: object) -> int:
@@ -110,12 +170,3 @@ def _int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"control message field is not an integer: {value!r}")
     return value
-
-
-def _incomplete(text: str) -> bool:
-    """True if more bytes could still turn ``text`` into valid JSON."""
-    try:
-        json.loads(text)
-    except json.JSONDecodeError as exc:
-        return exc.pos >= len(text) or exc.msg.startswith("Unterminated string")
-    return False

@@ -17,12 +17,13 @@ logger = logging.getLogger("ytun.splice")
 class Pipe:
     """Two transports joined both ways. Until both exist, the first one is not read."""
 
-    __slots__ = ("_transports", "_eof", "_closed", "_early", "sides")
+    __slots__ = ("_transports", "_eof", "_closed", "_failed", "_early", "sides")
 
     def __init__(self) -> None:
         self._transports: list[asyncio.Transport | None] = [None, None]
         self._eof = [False, False]
         self._closed = False
+        self._failed = False  # the side that went first was lost with an error
         # Bytes the first side delivered before the second existed. pause_reading() inside
         # connection_made is a no-op on uvloop (it starts reading right after), so they
         # can arrive anyway and must not be dropped.
@@ -40,8 +41,11 @@ class Pipe:
             self._early.clear()
         if self._eof[1 - side]:  # the first side's EOF came before this side existed
             _end_writing(transport)
-        if other is None:  # the first side is already gone: pass on its end
-            transport.close()
+        if other is None:  # the first side is already gone: pass on how it ended
+            if self._failed:
+                transport.abort()
+            else:
+                transport.close()
         elif not other.is_closing():
             other.resume_reading()
 
@@ -67,7 +71,8 @@ class Pipe:
         self._transports[side] = None
         other = self._transports[1 - side]
         if other is None:
-            self._closed = True  # close the other side as soon as it arrives
+            self._closed = True  # end the other side as soon as it arrives
+            self._failed = exc is not None
         else:
             if exc is None:
                 other.close()
