@@ -26,9 +26,13 @@ from .limits import default_max_connections
 from .links import ClientLink, ClientLinks, ServerState, ServerStateChange
 from .ratelimit import TokenBuckets
 from .registry import MemoryRegistry, Registry
+from .splice import AnswerAndClose
 from .tcp import TcpListeners
+from .tls import TlsListener
 
 logger = logging.getLogger("ytun.server")
+
+AT_CAPACITY_ANSWER = error_response(503, "server at capacity, try again later", close=True)
 
 __all__ = ["ClientInfo", "Server", "ServerState", "ServerStateChange"]
 
@@ -92,7 +96,7 @@ class Server:
             refusals=TokenBuckets(refusal_rate, refusal_burst),
         )
         self._tcp = TcpListeners(self.registry, self.link_for)
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.AbstractServer] = []
 
     # -- configuration -------------------------------------------------------------------
 
@@ -199,7 +203,7 @@ class Server:
                     held,
                     self.max_connections,
                 )
-            return _AtCapacity()
+            return AnswerAndClose(AT_CAPACITY_ANSWER)
         if self._at_capacity and held < self.max_connections * 0.9:
             self._at_capacity = False
             logger.info("accepting connections again: %d held", held)
@@ -213,17 +217,20 @@ class Server:
         ssl: ssl_module.SSLContext | None = None,
         sock: socket.socket | None = None,
         backlog: int = 1024,
-    ) -> asyncio.Server:
+    ) -> asyncio.AbstractServer:
         """Start listening; the returned server tells the bound address."""
         loop = asyncio.get_running_loop()
-        if sock is not None:
-            listener = await loop.create_server(
-                self.protocol_factory, sock=sock, ssl=ssl, backlog=backlog
-            )
+        listener: asyncio.AbstractServer
+        if ssl is not None:  # looks at each first byte: plain HTTP gets an answer, not silence
+            if sock is None:
+                sock = socket.create_server((host, port), backlog=backlog)
+            else:
+                sock.listen(backlog)
+            listener = TlsListener(sock, self.protocol_factory, ssl)
+        elif sock is not None:
+            listener = await loop.create_server(self.protocol_factory, sock=sock, backlog=backlog)
         else:
-            listener = await loop.create_server(
-                self.protocol_factory, host, port, ssl=ssl, backlog=backlog
-            )
+            listener = await loop.create_server(self.protocol_factory, host, port, backlog=backlog)
         self._servers.append(listener)
         return listener
 
@@ -244,25 +251,3 @@ class Server:
             await listener.wait_closed()
         await self._tcp.wait_closed()
         self._servers.clear()
-
-
-class _AtCapacity(asyncio.Protocol):
-    """Answers a connection beyond ``max_connections`` with 503 and ends it.
-
-    The request is read and dropped until the client closes (for at most a second):
-    closing a socket with unread input sends RST, which could destroy the answer."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        stream: asyncio.Transport = transport  # type: ignore[assignment]
-        stream.write(error_response(503, "server at capacity, try again later", close=True))
-        if stream.can_write_eof():
-            stream.write_eof()
-            asyncio.get_running_loop().call_later(1.0, stream.close)
-        else:
-            stream.close()
-
-    def data_received(self, data: bytes) -> None:
-        pass
-
-    def eof_received(self) -> bool:
-        return False  # the client has the answer: close now

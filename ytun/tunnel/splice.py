@@ -1,5 +1,6 @@
-"""Protocols for tunnel streams: a byte pipe joining two transports (a tunnel stream and a
-socket), and one that ends a stream nobody wants.
+"""Protocols that move bytes without looking at them: a pipe joining two transports (a
+tunnel stream and a socket), one that ends a stream nobody wants, and one that answers a
+connection once and ends it.
 
 Bytes are passed on as they arrive; EOF on one side becomes a half-close (FIN) on the
 other; a side that cannot keep up pauses reading on the other. Both sides are closed once
@@ -149,3 +150,30 @@ class CloseAtOnce(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         pass  # whatever is still in flight is dropped
+
+
+class AnswerAndClose(asyncio.Protocol):
+    """Writes one fixed answer, then ends the connection.
+
+    It half-closes and reads (and drops) what the client still sends until it closes,
+    for at most ``linger`` seconds: closing a socket with unread input sends RST, which
+    can destroy the answer before the client reads it."""
+
+    def __init__(self, answer: bytes, linger: float = 1.0) -> None:
+        self._answer = answer
+        self._linger = linger
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        stream: asyncio.Transport = transport  # type: ignore[assignment]
+        stream.write(self._answer)
+        if stream.can_write_eof():
+            stream.write_eof()
+            asyncio.get_running_loop().call_later(self._linger, stream.close)
+        else:
+            stream.close()
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # the client has the answer and is done: close now
