@@ -23,6 +23,7 @@ import pytest
 import ytun
 from ytun import cli
 from ytun.cli import build_parser, is_loopback
+from ytun.settings import load_server_file
 
 SECRET = "S3CRET-cli-identifier"
 STARTUP = 15  # seconds for a subprocess to get ready (imports included)
@@ -917,3 +918,19 @@ def test_a_second_signal_stops_at_once_after_the_in_flight_count(ytun_cli, slow_
         code, took = server.stop(sig)
     assert (code, took < STOP) == (128 + sig, True)
     assert len([line for line in server.stderr if "in flight" in line]) == 1
+
+
+def test_a_malformed_host_flag_does_not_echo_the_identifier(ytun_cli):
+    process = ytun_cli("server", "--host", f"={SECRET}")
+    assert process.finish(STARTUP) == 2
+    line = one_line("".join(process.stderr))
+    assert line == "ytun server: --host must look like HOST=IDENTIFIER, got '=…'"
+
+
+def test_hosts_differing_in_case_are_one_route(tmp_path):
+    config = write_file(tmp_path / "s.toml", '[server.hosts]\n"App.Test" = "from-the-file"\n')
+    args = build_parser().parse_args(
+        ["server", "--config", str(config), "--host", "APP.test=from-a-flag"]
+    )
+    hosts, _ = cli.server_config(args).routes(load_server_file(config))
+    assert hosts == {"app.test": "from-a-flag"}

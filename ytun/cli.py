@@ -264,11 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _mapping(value: str, what: str, shape: str) -> tuple[str, str]:
+def _mapping(value: str, what: str, shape: str, *, secret: bool = True) -> tuple[str, str]:
     # The first "=": identifiers may end in base64 padding, names and addresses hold none.
     left, sep, right = value.partition("=")
     if not sep or not left or not right:
-        raise UsageError(f"{what} must look like {shape}, got {_redacted(value)!r}")
+        shown = _redacted(value) if secret else value
+        raise UsageError(f"{what} must look like {shape}, got {shown!r}")
     return left, right
 
 
@@ -320,9 +321,10 @@ class ServerConfig:
 
     def routes(self, file: ServerFile | None) -> tuple[dict[str, str], dict[str, str]]:
         """Hosts and TCP routes: the file's, with the flags' added over them."""
-        hosts = dict(file.hosts) if file is not None else {}
+        # Host names match case-insensitively: "App.test" and "app.test" are one route.
+        hosts = {host.lower(): owner for host, owner in (file.hosts if file else {}).items()}
+        hosts.update((host.lower(), owner) for host, owner in self.flag_hosts.items())
         tcp = dict(file.tcp) if file is not None else {}
-        hosts.update(self.flag_hosts)
         tcp.update(self.flag_tcp)
         return hosts, tcp
 
@@ -556,7 +558,7 @@ def client_config(args: argparse.Namespace, environ: dict[str, str]) -> ClientCo
         check_address(local, "--local")
     tcp_local = dict(file.tcp_local) if file is not None else {}
     for value in args.tcp_local:
-        port, address = _mapping(value, "--tcp-local", "PORT=ADDR")
+        port, address = _mapping(value, "--tcp-local", "PORT=ADDR", secret=False)
         if not port.isdigit() or not 0 < int(port) <= 0xFFFF:
             raise UsageError(f"--tcp-local port must be a port number, got {port!r}")
         tcp_local[int(port)] = check_address(address, "--tcp-local")
