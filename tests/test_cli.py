@@ -934,3 +934,26 @@ def test_hosts_differing_in_case_are_one_route(tmp_path):
     )
     hosts, _ = cli.server_config(args).routes(load_server_file(config))
     assert hosts == {"app.test": "from-a-flag"}
+
+
+def test_a_reload_names_the_keys_that_wait_for_a_restart(ytun_cli, tmp_path):
+    port = free_port()
+    write_file(tmp_path / "app.id", SECRET)
+    routes = '[server.hosts]\n"a.test" = { identifier_file = "app.id" }\n'
+    config = write_file(
+        tmp_path / "server.toml",
+        f'[server]\nlisten = "127.0.0.1:{port}"\nidle_timeout = 120\nstream_timeout = 10\n'
+        + routes,
+    )
+    server = ytun_cli("server", "--config", str(config), "--stream-timeout", "5")
+    server.wait_for(server.stdout, "ytun server listening on")
+    write_file(
+        config,
+        f'[server]\nlisten = "127.0.0.1:{port}"\nidle_timeout = 60\nstream_timeout = 20\n'
+        'log_level = "debug"\n' + routes,
+    )
+    server.process.send_signal(signal.SIGHUP)
+    line = server.wait_for(server.stderr, "when the server restarts")
+    assert "idle_timeout changed" in line  # stream_timeout is a flag's: the file's is moot
+    assert "reloaded" in server.wait_for(server.stderr, "no route changed")
+    assert server.process.poll() is None

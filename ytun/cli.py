@@ -312,7 +312,8 @@ class ServerConfig:
     handshake_timeout: float
     grace: float
     log_level: str
-    log_level_flag: bool
+    #: Keys given as flags: a reloaded file does not change them.
+    flag_keys: frozenset[str]
     config_path: Path | None
     file: ServerFile | None
     # Identifiers: kept out of repr().
@@ -375,7 +376,9 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         ),
         grace=_pick(args.grace, file and file.grace, DEFAULT_GRACE),
         log_level=_pick(args.log_level, file and file.log_level, DEFAULT_LOG_LEVEL),
-        log_level_flag=args.log_level is not None,
+        flag_keys=frozenset(
+            key for key in RELOADED_KEYS + RESTART_KEYS if getattr(args, key, None) is not None
+        ),
         config_path=args.config,
         file=file,
         flag_hosts=flag_hosts,
@@ -400,6 +403,21 @@ def _server_tls(cert: str | Path, key: str | Path) -> ssl.SSLContext:
             f"cannot use the TLS certificate {cert} with the key {key}: {exc.reason or exc}"
         ) from None
     return context
+
+
+#: Server keys a reload applies at once (hosts and tcp aside).
+RELOADED_KEYS = ("log_level", "grace")
+#: Server keys fixed at start: a reload that changes them says they wait for a restart.
+RESTART_KEYS = (
+    "listen",
+    "tls_cert",
+    "tls_key",
+    "forwarded_headers",
+    "max_connections",
+    "idle_timeout",
+    "stream_timeout",
+    "handshake_timeout",
+)
 
 
 class RunningServer:
@@ -470,11 +488,16 @@ class RunningServer:
                 return
             hosts, tcp = self.config.routes(file)
             changes = await self.apply_routes(hosts, tcp, at_start=False)
-            if file.log_level is not None and not self.config.log_level_flag:
+            flags = self.config.flag_keys
+            if file.log_level is not None and "log_level" not in flags:
                 logging.getLogger().setLevel(file.log_level.upper())
-            if file.grace is not None and file.grace != self.config.grace:
-                self.config.grace = file.grace
-            restart = _needs_restart(self.config.file, file)
+            if "grace" not in flags:
+                self.config.grace = _pick(None, file.grace, DEFAULT_GRACE)
+            restart = [
+                key
+                for key in RESTART_KEYS
+                if key not in flags and getattr(self.config.file, key, None) != getattr(file, key)
+            ]
             if restart:
                 logger.warning(
                     "%s: %s changed; that takes effect when the server restarts",
@@ -483,20 +506,6 @@ class RunningServer:
                 )
             self.config.file = file
             logger.info("reloaded %s: %s", path, " ".join(changes) or "no route changed")
-
-
-def _needs_restart(old: ServerFile | None, new: ServerFile) -> list[str]:
-    keys = (
-        "listen",
-        "tls_cert",
-        "tls_key",
-        "forwarded_headers",
-        "max_connections",
-        "idle_timeout",
-        "stream_timeout",
-        "handshake_timeout",
-    )
-    return [key for key in keys if getattr(old, key, None) != getattr(new, key)]
 
 
 async def start_server(config: ServerConfig) -> RunningServer:
