@@ -957,3 +957,83 @@ def test_a_reload_names_the_keys_that_wait_for_a_restart(ytun_cli, tmp_path):
     assert "idle_timeout changed" in line  # stream_timeout is a flag's: the file's is moot
     assert "reloaded" in server.wait_for(server.stderr, "no route changed")
     assert server.process.poll() is None
+
+
+# -- TLS through the config files ---------------------------------------------------------
+
+
+def test_tls_from_the_config_files(ytun_cli, origin, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    if CURL is None:
+        pytest.skip("curl is not installed")
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    certificate.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    certificate.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    write_file(tmp_path / "app.id", SECRET)
+    port = free_port()
+    server_config = write_file(
+        tmp_path / "server.toml",
+        f'[server]\nlisten = "127.0.0.1:{port}"\ntls_cert = "server.pem"\n'
+        f'tls_key = "server.key"\n[server.hosts]\n"app.test" = {{ identifier_file = "app.id" }}\n',
+    )
+    client_config = write_file(
+        tmp_path / "client.toml",
+        f'[client]\nserver = "127.0.0.1:{port}"\ntls_ca = "ca.pem"\n'
+        f'identifier_file = "app.id"\nlocal = "127.0.0.1:{origin}"\n',
+    )
+    server = ytun_cli("server", "--config", str(server_config))
+    server.wait_for(server.stdout, f"ytun server listening on https://127.0.0.1:{port}")
+    client = ytun_cli("client", "--config", str(client_config))
+    client.wait_for(client.stderr, "tunnel connected")
+    result = subprocess.run(
+        [
+            CURL,
+            "-s",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "10",
+            "--cacert",
+            str(tmp_path / "ca.pem"),
+            "-H",
+            "Host: app.test",
+            f"https://127.0.0.1:{port}/tls",
+        ],
+        capture_output=True,
+        timeout=15,
+        check=False,
+    )
+    assert result.stdout.decode() == "origin says /tls to app.test"
+    assert "cleartext" not in client.output()
+
+
+def test_an_encrypted_tls_key_is_refused_without_a_prompt(ytun_cli, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    serialization = pytest.importorskip("cryptography.hazmat.primitives.serialization")
+    certificate = trustme.CA().issue_cert("127.0.0.1")
+    key = serialization.load_pem_private_key(certificate.private_key_pem.bytes(), None)
+    (tmp_path / "server.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+    certificate.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
+    process = ytun_cli(
+        "server",
+        "--host",
+        f"a.test={SECRET}",
+        "--tls-cert",
+        str(tmp_path / "server.pem"),
+        "--tls-key",
+        str(tmp_path / "server.key"),
+    )
+    assert process.finish(STARTUP) == 2
+    line = one_line("".join(process.stderr))
+    assert line == (
+        f"ytun server: the TLS key {tmp_path}/server.key is encrypted; "
+        "ytun needs it without a passphrase"
+    )

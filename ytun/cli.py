@@ -347,10 +347,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     max_connections = _pick(args.max_connections, file and file.max_connections, None)
     if max_connections is not None and max_connections <= 0:
         raise UsageError("--max-connections must be positive")
-    if args.tls_cert is not None or args.tls_key is not None:
-        cert, key = args.tls_cert, args.tls_key  # flags replace the file's pair whole
-    else:
-        cert, key = (file.tls_cert, file.tls_key) if file is not None else (None, None)
+    cert = _pick(args.tls_cert, file and file.tls_cert, None)
+    key = _pick(args.tls_key, file and file.tls_key, None)
     context = None
     if cert is not None or key is not None:
         if cert is None or key is None:
@@ -396,8 +394,13 @@ def _server_tls(cert: str | Path, key: str | Path) -> ssl.SSLContext:
     _tls_file(cert, "the TLS certificate")
     _tls_file(key, "the TLS key")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+
+    def no_password() -> str:
+        # Without this OpenSSL would ask on the terminal, which a service does not have.
+        raise UsageError(f"the TLS key {key} is encrypted; ytun needs it without a passphrase")
+
     try:
-        context.load_cert_chain(cert, key)
+        context.load_cert_chain(cert, key, password=no_password)
     except ssl.SSLError as exc:
         raise UsageError(
             f"cannot use the TLS certificate {cert} with the key {key}: {exc.reason or exc}"
