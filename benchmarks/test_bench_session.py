@@ -4,6 +4,7 @@ with the compiled (``c``) and the pure-Python (``py``) codec on both ends."""
 from __future__ import annotations
 
 import asyncio
+from types import ModuleType
 
 import pytest
 
@@ -45,25 +46,27 @@ class Source(asyncio.Protocol):
             self.resumed = None
 
 
-async def connect() -> tuple[Session, Session, asyncio.Server, Sink]:
+async def connect(codec: ModuleType) -> tuple[Session, Session, asyncio.Server, Sink]:
     loop = asyncio.get_running_loop()
     sink = Sink()
     made: asyncio.Future[Session] = loop.create_future()
 
     def server_factory() -> Session:
-        session = Session(client=False, protocol_factory=lambda: sink)
+        session = Session(client=False, protocol_factory=lambda: sink, codec=codec)
         made.set_result(session)
         return session
 
     listener = await loop.create_server(server_factory, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
-    _, client = await loop.create_connection(lambda: Session(client=True), "127.0.0.1", port)
+    _, client = await loop.create_connection(
+        lambda: Session(client=True, codec=codec), "127.0.0.1", port
+    )
     return client, await made, listener, sink
 
 
-def test_stream_throughput(benchmark, impl, throughput):
+def test_stream_throughput(benchmark, codec, throughput):
     loop = uvloop.new_event_loop()
-    client, server, listener, sink = loop.run_until_complete(connect())
+    client, server, listener, sink = loop.run_until_complete(connect(codec))
     try:
         stream, source = loop.run_until_complete(client.open_stream(Source))
 

@@ -1,7 +1,7 @@
 """Session-level yamux conformance: stream IDs and lifecycle, SYN/ACK, backlogs and limits,
 half-close and reset, unknown streams, ping and keepalive, Go Away, close, and protocol
 errors. Numbers in the docstrings refer to the conformance list in the yamux reference
-(section 11). Every test runs on both codecs (``impl``) and both event loops. The helpers
+(section 11). Every test runs on both codecs (``codec``) and both event loops. The helpers
 defined here (``Probe``, ``settle``, ``open_raw``...) are shared with test_flow.py."""
 
 from __future__ import annotations
@@ -171,8 +171,8 @@ async def open_raw_connection(peer: RawPeer, stream_id: int) -> StreamConnection
 # -- 8: stream IDs ---------------------------------------------------------------------
 
 
-async def test_client_ids_are_odd_server_ids_even(impl):
-    async with SessionPair(FAST, FAST) as pair:
+async def test_client_ids_are_odd_server_ids_even(codec):
+    async with SessionPair(FAST, FAST, codec=codec) as pair:
         for side, other, expected in (
             (pair.client, pair.server, [1, 3, 5]),
             (pair.server, pair.client, [2, 4, 6]),
@@ -185,8 +185,8 @@ async def test_client_ids_are_odd_server_ids_even(impl):
 
 
 @pytest.mark.parametrize("client", [True, False], ids=["client", "server"])
-async def test_stream_ids_exhausted_session_stays_usable(impl, client):
-    async with SessionPair(FAST, FAST) as pair:
+async def test_stream_ids_exhausted_session_stays_usable(codec, client):
+    async with SessionPair(FAST, FAST, codec=codec) as pair:
         opener, acceptor = (pair.client, pair.server) if client else (pair.server, pair.client)
         last = 0xFFFF_FFFD if client else 0xFFFF_FFFC
         opener._next_id = last - 2
@@ -219,9 +219,9 @@ async def test_stream_ids_exhausted_session_stays_usable(impl, client):
 
 
 @pytest.mark.parametrize("delta", [0, 1000, 3 * 1024 * 1024])
-async def test_syn_window_delta_is_additive(impl, delta):
+async def test_syn_window_delta_is_additive(codec, delta):
     """9: SYN on a Window Update with delta d gives us a send window of 256 KiB + d."""
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         peer.send(frame(WINDOW, SYN, 1, delta))
         # 16: the ACK comes at once, before the application accepts anything.
         ack = await peer.read_frame()
@@ -239,9 +239,11 @@ async def test_syn_window_delta_is_additive(impl, delta):
         assert not of_stream(await settle(peer), 1)
 
 
-async def test_larger_receive_window_is_advertised_as_delta(impl):
+async def test_larger_receive_window_is_advertised_as_delta(codec):
     recv_window = 1024 * 1024
-    async with RawPeer(session_is_client=False, config=fast(recv_window=recv_window)) as peer:
+    async with RawPeer(
+        session_is_client=False, config=fast(recv_window=recv_window), codec=codec
+    ) as peer:
         peer.send(frame(WINDOW, SYN, 1, 0))
         ack = await peer.read_frame()
         assert is_ack(ack, 1) and ack.length == recv_window - INITIAL_WINDOW
@@ -253,16 +255,16 @@ async def test_larger_receive_window_is_advertised_as_delta(impl):
         probe.transport.resume_reading()
         await until(lambda: len(probe.data) == recv_window)
 
-    async with SessionPair(fast(recv_window=recv_window), fast()) as pair:
+    async with SessionPair(fast(recv_window=recv_window), fast(), codec=codec) as pair:
         await pair.client.open_stream(Probe)
         far, _ = await asyncio.wait_for(pair.server.accept_stream(Probe), 5)
         assert far._window.send_credit == recv_window
 
 
 @pytest.mark.parametrize("size", [1, INITIAL_WINDOW])
-async def test_syn_on_data_within_initial_window(impl, size):
+async def test_syn_on_data_within_initial_window(codec, size):
     """10: a SYN carried by a Data frame with up to 256 KiB of payload is accepted."""
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         payload = bytes(range(251)) * (size // 251 + 1)
         payload = payload[:size]
         peer.send(frame(DATA, SYN, 1, size, payload))
@@ -274,10 +276,12 @@ async def test_syn_on_data_within_initial_window(impl, size):
 
 
 @pytest.mark.parametrize("recv_window", [INITIAL_WINDOW, 4 * INITIAL_WINDOW])
-async def test_syn_on_data_beyond_initial_window_is_protocol_error(impl, recv_window):
+async def test_syn_on_data_beyond_initial_window_is_protocol_error(codec, recv_window):
     """10: the opener cannot have more than 256 KiB of credit before our ACK, whatever
     window we are about to advertise."""
-    async with RawPeer(session_is_client=False, config=fast(recv_window=recv_window)) as peer:
+    async with RawPeer(
+        session_is_client=False, config=fast(recv_window=recv_window), codec=codec
+    ) as peer:
         size = INITIAL_WINDOW + 1
         peer.send(frame(DATA, SYN, 1, size, b"x" * size))
         frames = await peer.read_until_closed()
@@ -286,10 +290,10 @@ async def test_syn_on_data_beyond_initial_window_is_protocol_error(impl, recv_wi
 
 
 @pytest.mark.parametrize("via", ["window", "data"])
-async def test_syn_fin_one_shot_request(impl, via):
+async def test_syn_fin_one_shot_request(codec, via):
     """11: SYN|FIN with payload: the accepted stream reads the payload, then EOF; our
     direction stays writable and closing it finishes the stream."""
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         if via == "data":
             peer.send(frame(DATA, SYN | FIN, 1, 7, b"request"))
         else:
@@ -309,9 +313,9 @@ async def test_syn_fin_one_shot_request(impl, via):
         assert probe.eofs == 1 and not probe.violations
 
 
-async def test_syn_rst_is_ignored(impl):
+async def test_syn_rst_is_ignored(codec):
     """12: SYN|RST opens nothing and sends nothing (no ACK, no RST back)."""
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         peer.send(frame(WINDOW, SYN | RST, 1, 0) + frame(DATA, SYN | RST, 3, 3, b"abc"))
         assert await settle(peer) == []
         assert peer.session.stream_count == 0
@@ -319,10 +323,10 @@ async def test_syn_rst_is_ignored(impl):
         await open_raw(peer, 5)
 
 
-async def test_syn_then_rst_reports_reset(impl):
+async def test_syn_then_rst_reports_reset(codec):
     """12: a stream opened and reset before the application accepts it is never handed
     out; with a protocol factory its protocol sees connection_lost(StreamResetError)."""
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         peer.send(
             frame(WINDOW, SYN, 1, 0) + frame(DATA, 0, 1, 3, b"abc") + frame(WINDOW, RST, 1, 0)
         )
@@ -337,7 +341,9 @@ async def test_syn_then_rst_reports_reset(impl):
         probes.append(Probe())
         return probes[-1]
 
-    async with RawPeer(session_is_client=False, config=fast(), protocol_factory=factory) as peer:
+    async with RawPeer(
+        session_is_client=False, config=fast(), protocol_factory=factory, codec=codec
+    ) as peer:
         peer.send(frame(WINDOW, SYN, 1, 0) + frame(WINDOW, RST, 1, 0))
         await until(lambda: probes)
         assert isinstance(await lost(probes[0]), StreamResetError)
@@ -347,10 +353,10 @@ async def test_syn_then_rst_reports_reset(impl):
 # -- 14, 15: opening without waiting for the ACK, lazy peers ----------------------------
 
 
-async def test_open_does_not_wait_for_ack(impl):
+async def test_open_does_not_wait_for_ack(codec):
     """14: open returns at once, the SYN goes out eagerly, data may follow before the ACK,
     and a late ACK is handled."""
-    async with RawPeer(session_is_client=True, config=fast()) as peer:
+    async with RawPeer(session_is_client=True, config=fast(), codec=codec) as peer:
         session = peer.session
         stream, probe = await asyncio.wait_for(session.open_stream(Probe), 1)
         syn = await peer.read_frame()
@@ -367,9 +373,9 @@ async def test_open_does_not_wait_for_ack(impl):
         assert (await peer.read_frame()).payload == b"more"
 
 
-async def test_lazy_ack_on_first_data(impl):
+async def test_lazy_ack_on_first_data(codec):
     """15: a peer that acknowledges with its first Data frame (rust-yamux)."""
-    async with RawPeer(session_is_client=True, config=fast()) as peer:
+    async with RawPeer(session_is_client=True, config=fast(), codec=codec) as peer:
         stream, probe = await peer.session.open_stream(Probe)
         await peer.read_frame()  # SYN
         peer.send(frame(DATA, ACK, 1, 4, b"lazy"))
@@ -377,9 +383,9 @@ async def test_lazy_ack_on_first_data(impl):
         assert peer.session._unacked == 0 and stream._acked
 
 
-async def test_lazy_syn_on_first_data(impl):
+async def test_lazy_syn_on_first_data(codec):
     """15: a peer that opens with its first Data frame (rust-yamux)."""
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         peer.send(frame(DATA, SYN, 1, 5, b"hello") + frame(DATA, 0, 1, 6, b" world"))
         assert is_ack(await peer.read_frame(), 1)
         stream, probe = await asyncio.wait_for(peer.session.accept_stream(Probe), 5)
@@ -391,10 +397,10 @@ async def test_lazy_syn_on_first_data(impl):
 # -- 17, 18, 19, 20: backlogs and limits -----------------------------------------------
 
 
-async def test_accept_backlog_overflow_resets_new_streams(impl):
+async def test_accept_backlog_overflow_resets_new_streams(codec):
     """17: beyond the accept backlog new streams get Window Update + RST; the reader keeps
     running and the streams already queued are unaffected."""
-    async with RawPeer(session_is_client=False, config=fast(accept_backlog=2)) as peer:
+    async with RawPeer(session_is_client=False, config=fast(accept_backlog=2), codec=codec) as peer:
         peer.send(
             frame(DATA, SYN, 1, 3, b"one")
             + frame(DATA, SYN, 3, 3, b"two")
@@ -415,10 +421,12 @@ async def test_accept_backlog_overflow_resets_new_streams(impl):
         await until(lambda: first.data == b"one" and second.data == b"two")
 
 
-async def test_unacked_outbound_streams_are_bounded(impl):
+async def test_unacked_outbound_streams_are_bounded(codec):
     """18: with max_unacked_streams opens outstanding, the next open waits until an ACK
     (or a refusal) arrives; the SYN only goes out then."""
-    async with RawPeer(session_is_client=True, config=fast(max_unacked_streams=3)) as peer:
+    async with RawPeer(
+        session_is_client=True, config=fast(max_unacked_streams=3), codec=codec
+    ) as peer:
         session = peer.session
         for _ in range(3):
             await asyncio.wait_for(session.open_stream(Probe), 1)
@@ -448,8 +456,10 @@ async def test_unacked_outbound_streams_are_bounded(impl):
         assert session._unacked == 3
 
 
-async def test_unacked_slot_released_when_stream_is_reset_locally(impl):
-    async with RawPeer(session_is_client=True, config=fast(max_unacked_streams=1)) as peer:
+async def test_unacked_slot_released_when_stream_is_reset_locally(codec):
+    async with RawPeer(
+        session_is_client=True, config=fast(max_unacked_streams=1), codec=codec
+    ) as peer:
         stream, _ = await peer.session.open_stream(Probe)
         waiting = asyncio.ensure_future(peer.session.open_stream(Probe))
         await asyncio.sleep(0)
@@ -459,10 +469,12 @@ async def test_unacked_slot_released_when_stream_is_reset_locally(impl):
         assert second.stream_id == 3
 
 
-async def test_stream_open_timeout_resets_the_stream(impl):
+async def test_stream_open_timeout_resets_the_stream(codec):
     """An opened stream the peer never acknowledges is reset after stream_open_timeout;
     only that stream, not the session."""
-    async with RawPeer(session_is_client=True, config=fast(stream_open_timeout=0.2)) as peer:
+    async with RawPeer(
+        session_is_client=True, config=fast(stream_open_timeout=0.2), codec=codec
+    ) as peer:
         loop = asyncio.get_running_loop()
         started = loop.time()
         _, probe = await peer.session.open_stream(Probe)
@@ -477,10 +489,10 @@ async def test_stream_open_timeout_resets_the_stream(impl):
         assert not acked_probe.lost.done() and not peer.session.is_closed
 
 
-async def test_max_streams_resets_inbound_and_refuses_outbound(impl):
+async def test_max_streams_resets_inbound_and_refuses_outbound(codec):
     """19: at the concurrent-stream cap an inbound SYN gets RST (no teardown) and a local
     open raises StreamLimitError."""
-    async with RawPeer(session_is_client=False, config=fast(max_streams=2)) as peer:
+    async with RawPeer(session_is_client=False, config=fast(max_streams=2), codec=codec) as peer:
         await open_raw(peer, 1)
         await open_raw(peer, 3)
         peer.send(frame(WINDOW, SYN, 5, 0))
@@ -493,9 +505,9 @@ async def test_max_streams_resets_inbound_and_refuses_outbound(impl):
         await open_raw(peer, 7)
 
 
-async def test_local_go_away_refuses_new_streams(impl):
+async def test_local_go_away_refuses_new_streams(codec):
     """20: after go_away() inbound SYNs get RST; open streams carry on both ways."""
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         stream, probe = await open_raw(peer, 1)
         await settle(peer)
         peer.session.go_away()
@@ -520,10 +532,10 @@ async def test_local_go_away_refuses_new_streams(impl):
 
 @pytest.mark.parametrize("fin", ["window", "data-empty", "data-payload"])
 @pytest.mark.parametrize("paused", [False, True], ids=["reading", "paused"])
-async def test_remote_fin_gives_data_then_eof(impl, fin, paused):
+async def test_remote_fin_gives_data_then_eof(codec, fin, paused):
     """21: FIN via Window Update or Data (with or without payload): buffered data, then
     EOF exactly once; our direction stays writable; FIN both ways removes the stream."""
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         stream, probe = await open_raw(peer, 1, paused=paused)
         closing = {
             "window": frame(WINDOW, FIN, 1, 0),
@@ -548,9 +560,9 @@ async def test_remote_fin_gives_data_then_eof(impl, fin, paused):
         assert probe.eofs == 1 and not probe.violations  # the duplicate FIN was ignored
 
 
-async def test_eof_received_false_closes_our_side(impl):
+async def test_eof_received_false_closes_our_side(codec):
     """An attached protocol that returns False from eof_received closes the stream."""
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         stream, probe = await open_raw(peer, 1, keep_open=False)
         stream.write(b"queued")
         peer.send(frame(DATA, FIN, 1, 3, b"bye"))
@@ -561,10 +573,10 @@ async def test_eof_received_false_closes_our_side(impl):
         assert probe.data == b"bye" and peer.session.stream_count == 0
 
 
-async def test_data_after_fin_resets_the_stream(impl):
+async def test_data_after_fin_resets_the_stream(codec):
     """23: Data after the peer's FIN resets that stream (RST sent, protocol told); the
     session carries on and the protocol never sees data after EOF."""
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         _, probe = await open_raw(peer, 1)
         _, other = await open_raw(peer, 3)
         peer.send(frame(DATA, FIN, 1, 3, b"end") + frame(DATA, 0, 1, 5, b"extra"))
@@ -581,11 +593,11 @@ async def test_data_after_fin_resets_the_stream(impl):
 
 
 @pytest.mark.parametrize("rst", ["window", "data", "data-body"])
-async def test_remote_reset_fails_readers_and_writers(impl, rst):
+async def test_remote_reset_fails_readers_and_writers(codec, rst):
     """24: RST fails a pending read and a writer blocked on a zero window at once;
     buffered data is dropped."""
     config = fast(stream_write_high=16 * 1024, stream_write_low=4 * 1024)
-    async with RawPeer(session_is_client=False, config=config) as peer:
+    async with RawPeer(session_is_client=False, config=config, codec=codec) as peer:
         peer.send(frame(WINDOW, SYN, 1, 0) + frame(WINDOW, SYN, 3, 0))
         reader = await asyncio.wait_for(accept_connection(peer.session), 5)
         writer = await asyncio.wait_for(accept_connection(peer.session), 5)
@@ -617,10 +629,10 @@ async def test_remote_reset_fails_readers_and_writers(impl, rst):
         assert not peer.session.is_closed
 
 
-async def test_frames_for_unknown_streams_are_ignored(impl):
+async def test_frames_for_unknown_streams_are_ignored(codec):
     """25: frames for never-opened or finished streams: Data bodies drained, flags
     ignored, nothing sent back, the session stays up and in sync."""
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         stream, probe = await open_raw(peer, 1)
         stream.close()
         peer.send(frame(WINDOW, FIN, 1, 0))
@@ -647,10 +659,12 @@ async def test_frames_for_unknown_streams_are_ignored(impl):
         await open_raw(peer, 9)
 
 
-async def test_close_timeout_resets_a_stream_the_peer_never_closes(impl):
+async def test_close_timeout_resets_a_stream_the_peer_never_closes(codec):
     """26: local close, the peer never sends FIN: RST after stream_close_timeout and the
     stream is gone."""
-    async with RawPeer(session_is_client=False, config=fast(stream_close_timeout=0.2)) as peer:
+    async with RawPeer(
+        session_is_client=False, config=fast(stream_close_timeout=0.2), codec=codec
+    ) as peer:
         stream, probe = await open_raw(peer, 1)
         await settle(peer)
         loop = asyncio.get_running_loop()
@@ -669,8 +683,10 @@ async def test_close_timeout_resets_a_stream_the_peer_never_closes(impl):
         assert not peer.session.is_closed
 
 
-async def test_close_completed_by_peer_fin_cancels_the_timeout(impl):
-    async with RawPeer(session_is_client=False, config=fast(stream_close_timeout=0.1)) as peer:
+async def test_close_completed_by_peer_fin_cancels_the_timeout(codec):
+    async with RawPeer(
+        session_is_client=False, config=fast(stream_close_timeout=0.1), codec=codec
+    ) as peer:
         stream, probe = await open_raw(peer, 1)
         await settle(peer)
         stream.close()
@@ -682,9 +698,9 @@ async def test_close_completed_by_peer_fin_cancels_the_timeout(impl):
 
 
 @pytest.mark.parametrize("how", ["reset", "abort"])
-async def test_local_reset_drops_queued_data(impl, how):
+async def test_local_reset_drops_queued_data(codec, how):
     """27: after a local reset no Data frame of that stream follows the RST."""
-    async with RawPeer(session_is_client=True, config=fast()) as peer:
+    async with RawPeer(session_is_client=True, config=fast(), codec=codec) as peer:
         stream, probe = await peer.session.open_stream(Probe)
         stream.write(b"a" * (INITIAL_WINDOW + 100_000))
         await read_data(peer, 1, 1000)
@@ -707,12 +723,12 @@ async def test_local_reset_drops_queued_data(impl, how):
         ]
 
 
-async def test_protocol_exception_resets_only_its_stream(impl):
+async def test_protocol_exception_resets_only_its_stream(codec):
     class Faulty(Probe):
         def data_received(self, data: bytes) -> None:
             raise RuntimeError("application bug")
 
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         peer.send(frame(WINDOW, SYN, 1, 0))
         _, probe = await asyncio.wait_for(peer.session.accept_stream(Faulty), 5)
         _, other = await open_raw(peer, 3)
@@ -726,18 +742,18 @@ async def test_protocol_exception_resets_only_its_stream(impl):
 # -- 37, 38, 39, 41: ping --------------------------------------------------------------
 
 
-async def test_ping_is_answered_with_the_same_value(impl):
+async def test_ping_is_answered_with_the_same_value(codec):
     """37 and 41: a ping as the very first frame is answered: Ping + ACK, stream 0, same
     opaque value, for values across the whole 32-bit range."""
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         for value in (0xDEADBEEF, 0, 1, 0xFFFFFFFF):
             peer.send(frame(PING, SYN, 0, value))
             assert await peer.read_frame() == Frame(PING, ACK, 0, value)
 
 
-async def test_ping_answered_promptly_under_bulk_load(impl):
+async def test_ping_answered_promptly_under_bulk_load(codec):
     """37: a ping round trip completes while a stream moves bulk data both ways."""
-    async with SessionPair(FAST, FAST) as pair:
+    async with SessionPair(FAST, FAST, codec=codec) as pair:
         sender = await open_connection(pair.client)
         receiver = await asyncio.wait_for(accept_connection(pair.server), 5)
         chunk = b"b" * 65536
@@ -771,10 +787,10 @@ async def test_ping_answered_promptly_under_bulk_load(impl):
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
 
 
-async def test_ping_flood_both_ways(impl):
+async def test_ping_flood_both_ways(codec):
     """38: 10,000 concurrent pings from each side complete without deadlock."""
     config = fast(pong_backlog=20_000, ping_timeout=5)
-    async with SessionPair(config, config) as pair:
+    async with SessionPair(config, config, codec=codec) as pair:
         results = await asyncio.wait_for(
             asyncio.gather(
                 *(pair.client.ping() for _ in range(10_000)),
@@ -786,10 +802,10 @@ async def test_ping_flood_both_ways(impl):
         assert not pair.client._pings and not pair.server._pings
 
 
-async def test_pong_backlog_is_bounded(impl):
+async def test_pong_backlog_is_bounded(codec):
     """38: pongs beyond pong_backlog per flush are dropped, not queued without bound;
     the session keeps answering later pings."""
-    async with RawPeer(session_is_client=False, config=fast(pong_backlog=8)) as peer:
+    async with RawPeer(session_is_client=False, config=fast(pong_backlog=8), codec=codec) as peer:
         peer.send(b"".join(frame(PING, SYN, 0, value) for value in range(1, 1001)))
         answered = []
         loop = asyncio.get_running_loop()
@@ -816,10 +832,10 @@ async def test_pong_backlog_is_bounded(impl):
         assert not peer.session.is_closed
 
 
-async def test_unknown_pong_is_ignored(impl):
+async def test_unknown_pong_is_ignored(codec):
     """39: a pong we did not ask for changes nothing and is never answered; a pong with
     the wrong value does not complete our ping."""
-    async with RawPeer(session_is_client=False, config=fast(ping_timeout=0.2)) as peer:
+    async with RawPeer(session_is_client=False, config=fast(ping_timeout=0.2), codec=codec) as peer:
         peer.send(frame(PING, ACK, 0, 12345) + frame(PING, 0, 0, 777))
         assert await settle(peer) == []
         pinging = asyncio.ensure_future(peer.session.ping())
@@ -839,11 +855,11 @@ async def test_unknown_pong_is_ignored(impl):
 # -- 40: keepalive ---------------------------------------------------------------------
 
 
-async def test_keepalive_timeout_fails_the_session(impl):
+async def test_keepalive_timeout_fails_the_session(codec):
     """40: the client pings after keepalive_interval of silence and fails with
     KeepaliveTimeoutError when no pong comes within ping_timeout; streams are told."""
     config = fast(keepalive_interval=0.2, ping_timeout=0.2)
-    async with RawPeer(session_is_client=True, config=config) as peer:
+    async with RawPeer(session_is_client=True, config=config, codec=codec) as peer:
         loop = asyncio.get_running_loop()
         started = loop.time()
         _, probe = await peer.session.open_stream(Probe)
@@ -861,10 +877,10 @@ async def test_keepalive_timeout_fails_the_session(impl):
             await peer.session.open_stream(Probe)
 
 
-async def test_no_keepalive_ping_while_frames_arrive(impl):
+async def test_no_keepalive_ping_while_frames_arrive(codec):
     """40: no keepalive pings while the peer keeps talking; one follows its silence."""
     config = fast(keepalive_interval=0.1, ping_timeout=0.5)
-    async with RawPeer(session_is_client=True, config=config) as peer:
+    async with RawPeer(session_is_client=True, config=config, codec=codec) as peer:
         loop = asyncio.get_running_loop()
         end = loop.time() + 0.5
         while loop.time() < end:
@@ -879,11 +895,11 @@ async def test_no_keepalive_ping_while_frames_arrive(impl):
         assert not peer.session.is_closed
 
 
-async def test_answered_keepalive_pings_do_not_multiply(impl):
+async def test_answered_keepalive_pings_do_not_multiply(codec):
     """40: with every ping answered, the client sends one keepalive ping per interval,
     never several at once."""
     config = fast(keepalive_interval=0.05, ping_timeout=1)
-    async with RawPeer(session_is_client=True, config=config) as peer:
+    async with RawPeer(session_is_client=True, config=config, codec=codec) as peer:
         loop = asyncio.get_running_loop()
         end = loop.time() + 0.6
         pings = 0
@@ -899,10 +915,10 @@ async def test_answered_keepalive_pings_do_not_multiply(impl):
         assert not peer.session.is_closed
 
 
-async def test_server_sends_nothing_before_the_first_frame(impl):
+async def test_server_sends_nothing_before_the_first_frame(codec):
     """A server-role session stays silent (no keepalive) until the client spoke."""
     config = fast(keepalive_interval=0.05, ping_timeout=1)
-    async with RawPeer(session_is_client=False, config=config) as peer:
+    async with RawPeer(session_is_client=False, config=config, codec=codec) as peer:
         with pytest.raises(asyncio.TimeoutError):
             await peer.read_frame(timeout=0.25)
         peer.send(frame(WINDOW, 0, 1001, 1))  # any frame wakes the keepalive
@@ -916,10 +932,10 @@ async def test_server_sends_nothing_before_the_first_frame(impl):
 # -- 42, 43, 44, 45, 46: Go Away and termination ---------------------------------------
 
 
-async def test_remote_go_away_normal_stops_new_opens_only(impl):
+async def test_remote_go_away_normal_stops_new_opens_only(codec):
     """42: Go Away(0): open_stream raises GoAwayError, existing streams keep working,
     inbound streams are still accepted."""
-    async with RawPeer(session_is_client=True, config=fast()) as peer:
+    async with RawPeer(session_is_client=True, config=fast(), codec=codec) as peer:
         stream, probe = await peer.session.open_stream(Probe)
         peer.send(frame(WINDOW, ACK, 1, 0) + frame(GO_AWAY, 0, 0, 0))
         await settle(peer)
@@ -937,10 +953,10 @@ async def test_remote_go_away_normal_stops_new_opens_only(impl):
 
 
 @pytest.mark.parametrize("code", [1, 2, 4101])
-async def test_remote_go_away_error_terminates(impl, code):
+async def test_remote_go_away_error_terminates(codec, code):
     """43: Go Away with any other code ends the session; every stream and waiter fails
     with GoAwayError carrying the code; we send nothing back."""
-    async with RawPeer(session_is_client=True, config=fast()) as peer:
+    async with RawPeer(session_is_client=True, config=fast(), codec=codec) as peer:
         _, probe = await peer.session.open_stream(Probe)
         accepting = asyncio.ensure_future(peer.session.accept_stream(Probe))
         await asyncio.sleep(0)
@@ -957,10 +973,10 @@ async def test_remote_go_away_error_terminates(impl, code):
         await asyncio.wait_for(peer.session.wait_closed(), 1)
 
 
-async def test_graceful_close_flushes_then_sends_go_away(impl):
+async def test_graceful_close_flushes_then_sends_go_away(codec):
     """44: close() sends the frames already queued, then Go Away(0), then closes; it is
     idempotent and safe to call again from a callback it triggers."""
-    async with RawPeer(session_is_client=True, config=fast()) as peer:
+    async with RawPeer(session_is_client=True, config=fast(), codec=codec) as peer:
         session = peer.session
         stream, probe = await session.open_stream(Probe)
         payload = bytes(range(256)) * 400
@@ -990,10 +1006,10 @@ async def test_graceful_close_flushes_then_sends_go_away(impl):
 
 
 @pytest.mark.parametrize("how", ["clean", "mid-header", "mid-body", "reset"])
-async def test_transport_loss_fails_every_stream(impl, how):
+async def test_transport_loss_fails_every_stream(codec, how):
     """45: EOF or reset of the connection, also in the middle of a frame: every stream
     and waiter fails, nothing hangs."""
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         first = await open_raw_connection(peer, 1)
         second = await open_raw_connection(peer, 3)
         reading = asyncio.ensure_future(first.read())
@@ -1021,7 +1037,7 @@ async def test_transport_loss_fails_every_stream(impl, how):
 
 
 @pytest.mark.parametrize("how", ["close", "abort", "go-away-2", "eof"])
-async def test_termination_wakes_every_waiter(impl, how):
+async def test_termination_wakes_every_waiter(codec, how):
     """46: closing wakes readers, writers blocked on window, acceptors, openers blocked
     on the ACK backlog and pingers, all with SessionClosedError."""
     config = fast(
@@ -1030,7 +1046,7 @@ async def test_termination_wakes_every_waiter(impl, how):
         stream_write_low=4 * 1024,
         ping_timeout=10,
     )
-    async with RawPeer(session_is_client=True, config=config) as peer:
+    async with RawPeer(session_is_client=True, config=config, codec=codec) as peer:
         session = peer.session
         conn = await open_connection(session)
         conn.write(b"x" * (INITIAL_WINDOW + 64 * 1024))
@@ -1083,12 +1099,12 @@ PROTOCOL_ERRORS = {
 
 
 @pytest.mark.parametrize("name", list(PROTOCOL_ERRORS))
-async def test_protocol_error_sends_go_away_1_and_fails_every_stream(impl, name):
+async def test_protocol_error_sends_go_away_1_and_fails_every_stream(codec, name):
     """4, 5, 7, 10, 13, 30, 32: a protocol error sends Go Away(1), closes the connection,
     stops processing (a later ping is not answered) and gives every stream
     connection_lost(SessionClosedError) caused by the ProtocolError."""
     bad, changes = PROTOCOL_ERRORS[name]
-    async with RawPeer(session_is_client=False, config=fast(**changes)) as peer:
+    async with RawPeer(session_is_client=False, config=fast(**changes), codec=codec) as peer:
         session = peer.session
         _, probe = await open_raw(peer, 1)
         peer.send(frame(DATA, 0, 1, 2, b"hi"))
@@ -1110,9 +1126,9 @@ async def test_protocol_error_sends_go_away_1_and_fails_every_stream(impl, name)
         await asyncio.wait_for(session.wait_closed(), 1)
 
 
-async def test_syn_with_our_parity_on_a_client_session(impl):
+async def test_syn_with_our_parity_on_a_client_session(codec):
     """13: a client-role session rejects a peer SYN on an odd ID."""
-    async with RawPeer(session_is_client=True, config=fast()) as peer:
+    async with RawPeer(session_is_client=True, config=fast(), codec=codec) as peer:
         _, probe = await peer.session.open_stream(Probe)
         peer.send(frame(WINDOW, SYN, 3, 0))
         frames = await peer.read_until_closed()
@@ -1120,14 +1136,14 @@ async def test_syn_with_our_parity_on_a_client_session(impl):
         assert isinstance((await lost(probe)).__cause__, ProtocolError)
 
 
-async def test_internal_error_sends_go_away_2(impl, monkeypatch):
+async def test_internal_error_sends_go_away_2(codec, monkeypatch):
     """A bug in a frame handler closes this session with Go Away(2), not the process."""
 
     def broken(self):
         raise RuntimeError("bug")
 
     monkeypatch.setattr(stream_module.Stream, "_on_remote_fin", broken)
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         _, probe = await open_raw(peer, 1)
         peer.send(frame(WINDOW, FIN, 1, 0))
         frames = await peer.read_until_closed()
@@ -1139,10 +1155,10 @@ async def test_internal_error_sends_go_away_2(impl, monkeypatch):
 # -- cancellation races ----------------------------------------------------------------
 
 
-async def test_stream_handed_to_a_cancelled_acceptor_is_not_lost(impl):
+async def test_stream_handed_to_a_cancelled_acceptor_is_not_lost(codec):
     """An accept_stream call cancelled just after a stream was handed to it (a timeout
     firing in the same loop iteration) passes the stream on instead of leaking it."""
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         session = peer.session
         accepting = asyncio.ensure_future(session.accept_stream(Probe))
         await asyncio.sleep(0)
@@ -1155,8 +1171,8 @@ async def test_stream_handed_to_a_cancelled_acceptor_is_not_lost(impl):
         await until(lambda: probe.data == b"hi")
 
 
-async def test_cancelled_acceptors_do_not_accumulate(impl):
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+async def test_cancelled_acceptors_do_not_accumulate(codec):
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         for _ in range(100):
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(peer.session.accept_stream(Probe), 0.001)
@@ -1164,10 +1180,12 @@ async def test_cancelled_acceptors_do_not_accumulate(impl):
         await open_raw(peer, 1)
 
 
-async def test_wakeup_of_a_cancelled_opener_is_passed_on(impl):
+async def test_wakeup_of_a_cancelled_opener_is_passed_on(codec):
     """An open_stream call cancelled just after it was woken for a free un-ACKed slot
     hands the wake-up to the next waiting opener."""
-    async with RawPeer(session_is_client=True, config=fast(max_unacked_streams=1)) as peer:
+    async with RawPeer(
+        session_is_client=True, config=fast(max_unacked_streams=1), codec=codec
+    ) as peer:
         session = peer.session
         await session.open_stream(Probe)
         first = asyncio.ensure_future(session.open_stream(Probe))
@@ -1185,9 +1203,9 @@ async def test_wakeup_of_a_cancelled_opener_is_passed_on(impl):
         assert len(session._unacked_waiters) <= 1
 
 
-async def test_awaitable_reads_larger_than_the_buffer_limit(impl):
+async def test_awaitable_reads_larger_than_the_buffer_limit(codec):
     """read() and readexactly() must drain what they buffer, or a paused peer never ends."""
-    async with SessionPair() as pair:
+    async with SessionPair(codec=codec) as pair:
         for size, reader in ((300_000, "read"), (700_000, "readexactly")):
             sender = await open_connection(pair.client)
             receiver_task = asyncio.ensure_future(accept_connection(pair.server, limit=65536))

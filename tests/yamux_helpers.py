@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from dataclasses import dataclass
+from types import ModuleType
 
 from ytun.yamux import Config, Session
 
@@ -53,17 +54,22 @@ class SessionPair:
     server: Session
 
     def __init__(
-        self, client_config: Config | None = None, server_config: Config | None = None
+        self,
+        client_config: Config | None = None,
+        server_config: Config | None = None,
+        *,
+        codec: ModuleType | None = None,
     ) -> None:
         self._client_config = client_config
         self._server_config = server_config
+        self._codec = codec
 
     async def __aenter__(self) -> SessionPair:
         loop = asyncio.get_running_loop()
         made: asyncio.Future[Session] = loop.create_future()
 
         def server_factory() -> Session:
-            session = Session(client=False, config=self._server_config)
+            session = Session(client=False, config=self._server_config, codec=self._codec)
             if not made.done():
                 made.set_result(session)
             return session
@@ -71,7 +77,9 @@ class SessionPair:
         self._listener = await loop.create_server(server_factory, "127.0.0.1", 0)
         port = self._listener.sockets[0].getsockname()[1]
         _, self.client = await loop.create_connection(
-            lambda: Session(client=True, config=self._client_config), "127.0.0.1", port
+            lambda: Session(client=True, config=self._client_config, codec=self._codec),
+            "127.0.0.1",
+            port,
         )
         self.server = await asyncio.wait_for(made, 5)
         return self
@@ -89,8 +97,14 @@ class RawPeer:
     session: Session
 
     def __init__(
-        self, *, session_is_client: bool, config: Config | None = None, protocol_factory=None
+        self,
+        *,
+        session_is_client: bool,
+        config: Config | None = None,
+        protocol_factory=None,
+        codec: ModuleType | None = None,
     ) -> None:
+        self._codec = codec
         self._session_is_client = session_is_client
         self._config = config
         self._protocol_factory = protocol_factory
@@ -111,6 +125,7 @@ class RawPeer:
                 client=self._session_is_client,
                 config=self._config,
                 protocol_factory=self._protocol_factory,
+                codec=self._codec,
             ),
             "127.0.0.1",
             port,

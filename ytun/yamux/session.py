@@ -14,6 +14,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from .._const import (
@@ -31,13 +32,14 @@ from .._const import (
 from ..errors import (
     GoAwayError,
     KeepaliveTimeoutError,
+    PeerNotReadingError,
     ProtocolError,
     SessionClosedError,
     StreamLimitError,
     StreamResetError,
     StreamsExhaustedError,
 )
-from . import codec
+from . import codec as default_codec
 from .config import Config
 from .stream import Stream
 
@@ -61,6 +63,8 @@ class Session(asyncio.Protocol):
     a protocol from ``protocol_factory`` at once (like ``loop.create_server``), or wait in
     a bounded backlog for :meth:`accept_stream` when no factory is given.
     ``on_remote_go_away()`` is called when the peer announces it takes no new streams.
+    ``codec`` is the frame-codec module (compiled or pure Python); the default is the one
+    :mod:`ytun.yamux.codec` selected.
     """
 
     def __init__(
@@ -70,12 +74,15 @@ class Session(asyncio.Protocol):
         config: Config | None = None,
         protocol_factory: ProtocolFactory | None = None,
         on_remote_go_away: Callable[[], None] | None = None,
+        codec: ModuleType | None = None,
     ) -> None:
         self.config = config = config or Config()
         self.client = client
         self._loop = asyncio.get_running_loop()
         self._protocol_factory = protocol_factory
         self._on_remote_go_away = on_remote_go_away
+        codec = codec or default_codec.implementation
+        self.codec = codec
         self._parser = codec.FrameParser(self, config.max_recv_payload)
         self._flow_window = codec.FlowWindow
         self._encode_header = codec.encode_header
@@ -85,6 +92,10 @@ class Session(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         # Output of the current loop iteration, flushed together.
         self._control: list[bytes] = []
+        self._control_bytes = 0
+        self._control_pause = config.max_control_queue // 2
+        self._reading_paused = False
+        self._overflowed = False
         self._ready: dict[Stream, None] = {}
         self._flush_scheduled = False
         self._writing_paused = False
@@ -134,13 +145,26 @@ class Session(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self._ready:
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()
+        if self._ready or self._control:
             self._schedule_flush()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if self._transport is None:
             return default
         return self._transport.get_extra_info(name, default)
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the session ended (a :class:`SessionClosedError`), or None while it runs."""
+        return self._error
+
+    @property
+    def control_queue_bytes(self) -> int:
+        """Bytes of control frames (ACK, RST, window updates, pongs...) not yet written."""
+        return self._control_bytes
 
     @property
     def is_closed(self) -> bool:
@@ -396,8 +420,29 @@ class Session(asyncio.Protocol):
     # -- outbound frames ------------------------------------------------------------------
 
     def _queue_control(self, frame: bytes) -> None:
+        if self._overflowed:
+            return  # the session is failing; the rest of this read gets no replies
         self._control.append(frame)
+        self._control_bytes += len(frame)
+        if self._writing_paused and self._control_bytes >= self._control_pause:
+            self._hold_peer()
         self._schedule_flush()
+
+    def _hold_peer(self) -> None:
+        """The peer is not reading, yet its frames keep asking for replies (SYN floods,
+        resets, pings). Stop reading it; give up once even that cannot bound the replies."""
+        if self._control_bytes > self.config.max_control_queue:
+            if self._overflowed:
+                return
+            self._overflowed = True
+            exc = PeerNotReadingError(
+                f"{self._control_bytes} bytes of control frames are waiting for a peer "
+                "that does not read"
+            )
+            self._loop.call_soon(self._fail, exc, GO_AWAY_INTERNAL_ERROR)
+        elif not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
 
     def _window_update(self, stream_id: int, delta: int) -> None:
         if delta:
@@ -415,16 +460,21 @@ class Session(asyncio.Protocol):
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    def _flush(self) -> None:
+    def _flush(self, final: bool = False) -> None:
         self._flush_scheduled = False
         transport = self._transport
         # A transport already closing must not be written to (CPython 3.13.0 breaks on it).
         if transport is None or self._error is not None or transport.is_closing():
             return
+        if self._writing_paused and not final:
+            # Replies wait with the data: written now they would only pile up in the
+            # transport's buffer, unbounded, behind a peer that does not read.
+            return
         out: list[Any] = self._control
         self._control = []
+        self._control_bytes = 0
         self._pongs_queued = 0
-        if not self._writing_paused and self._ready:
+        if self._ready:
             ready = self._ready
             self._ready = {}
             encode_header = self._encode_header
@@ -499,7 +549,7 @@ class Session(asyncio.Protocol):
         if self._error is not None:
             return
         self._local_go_away = True
-        self._flush()
+        self._flush(final=True)
         self._error = SessionClosedError("the session was closed")
         transport = self._transport
         if transport is not None and not transport.is_closing():
@@ -533,7 +583,12 @@ class Session(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             if go_away_code is not None:
                 transport.write(self._encode_header(TYPE_GO_AWAY, 0, 0, go_away_code))
-            transport.close()
+            if self._writing_paused:
+                # close() would wait for a peer that does not read to take the whole
+                # buffer, holding it for as long as the peer likes.
+                transport.abort()
+            else:
+                transport.close()
         self._teardown()
 
     def _teardown(self) -> None:
@@ -547,6 +602,7 @@ class Session(asyncio.Protocol):
         self._backlog.clear()
         self._ready.clear()
         self._control.clear()
+        self._control_bytes = 0
         for waiters in (self._accept_waiters, self._unacked_waiters, self._pings.values()):
             for waiter in waiters:
                 if not waiter.done():
