@@ -89,8 +89,8 @@ async def request(session, payload: bytes) -> bytes:
 def assert_idle(session) -> None:
     """Nothing left of finished streams anywhere in the session's state."""
     assert session.stream_count == 0
-    assert not session._ready and not session._backlog and not session._control
-    assert session._unacked == 0 and not session._unacked_waiters
+    assert not session._mux.has_output and not session._mux.backlog
+    assert session._mux.unacked == 0 and not session._unacked_waiters
     assert not session._pings
     assert not session.is_closed
 
@@ -399,7 +399,7 @@ async def test_sequential_streams_leave_no_state(codec):
         await until(lambda: pair.server.stream_count == 0)
         assert_idle(pair.client)
         assert_idle(pair.server)
-        assert pair.client._next_id == 1 + 2 * 10_000
+        assert pair.client._mux._next_id == 1 + 2 * 10_000
 
 
 # -- 48, 49, 50: fairness, transport backpressure, head-of-line blocking -----------------

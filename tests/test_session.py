@@ -38,6 +38,7 @@ from ytun.errors import (
 )
 from ytun.yamux import Config, Stream, StreamConnection, accept_connection, open_connection
 from ytun.yamux import stream as stream_module
+from ytun.yamux.stream import StreamState
 
 DATA, WINDOW, PING, GO_AWAY = TYPE_DATA, TYPE_WINDOW_UPDATE, TYPE_PING, TYPE_GO_AWAY
 SYN, ACK, FIN, RST = FLAG_SYN, FLAG_ACK, FLAG_FIN, FLAG_RST
@@ -189,7 +190,7 @@ async def test_stream_ids_exhausted_session_stays_usable(codec, client):
     async with SessionPair(FAST, FAST, codec=codec) as pair:
         opener, acceptor = (pair.client, pair.server) if client else (pair.server, pair.client)
         last = 0xFFFF_FFFD if client else 0xFFFF_FFFC
-        opener._next_id = last - 2
+        opener._mux._next_id = last - 2
         ids = []
         for _ in range(2):
             stream, probe = await opener.open_stream(Probe)
@@ -332,7 +333,7 @@ async def test_syn_then_rst_reports_reset(codec):
         )
         await settle(peer)
         assert peer.session.stream_count == 0
-        assert not peer.session._backlog
+        assert not peer.session._mux.backlog
         await open_raw(peer, 3)  # accept_stream skips the dead stream
 
     probes: list[Probe] = []
@@ -365,10 +366,10 @@ async def test_open_does_not_wait_for_ack(codec):
         got = await peer.read_frame()
         assert (got.type, got.stream_id, got.payload) == (DATA, 1, b"early")
         assert not got.flags & SYN  # the SYN was already sent
-        assert session._unacked == 1
+        assert session._mux.unacked == 1
         peer.send(frame(WINDOW, ACK, 1, 0) + frame(DATA, 0, 1, 5, b"reply"))
         await until(lambda: probe.data == b"reply")
-        assert session._unacked == 0
+        assert session._mux.unacked == 0
         stream.write(b"more")
         assert (await peer.read_frame()).payload == b"more"
 
@@ -380,7 +381,7 @@ async def test_lazy_ack_on_first_data(codec):
         await peer.read_frame()  # SYN
         peer.send(frame(DATA, ACK, 1, 4, b"lazy"))
         await until(lambda: probe.data == b"lazy")
-        assert peer.session._unacked == 0 and stream._acked
+        assert peer.session._mux.unacked == 0 and stream.state is StreamState.ESTABLISHED
 
 
 async def test_lazy_syn_on_first_data(codec):
@@ -453,7 +454,7 @@ async def test_unacked_outbound_streams_are_bounded(codec):
         peer.send(frame(WINDOW, RST, 1, 0))
         stream, _ = await asyncio.wait_for(waiting, 5)
         assert stream.stream_id == 9
-        assert session._unacked == 3
+        assert session._mux.unacked == 3
 
 
 async def test_unacked_slot_released_when_stream_is_reset_locally(codec):
@@ -485,7 +486,7 @@ async def test_stream_open_timeout_resets_the_stream(codec):
         frames = await settle(peer)
         assert any(is_rst(f, 1) for f in frames)
         assert not any(is_rst(f, 3) for f in frames)
-        assert peer.session._unacked == 0 and peer.session.stream_count == 1
+        assert peer.session._mux.unacked == 0 and peer.session.stream_count == 1
         assert not acked_probe.lost.done() and not peer.session.is_closed
 
 
