@@ -10,7 +10,7 @@ import hashlib
 import random
 
 import pytest
-from test_session import (
+from yamux_helpers import (
     ACK,
     DATA,
     FIN,
@@ -18,15 +18,18 @@ from test_session import (
     RST,
     SYN,
     WINDOW,
+    Frame,
     Probe,
+    RawPeer,
+    SessionPair,
     fast,
+    frame,
     lost,
     open_raw,
     read_data,
     settle,
     until,
 )
-from yamux_helpers import Frame, RawPeer, SessionPair, frame
 
 from ytun._const import INITIAL_WINDOW, MAX_WINDOW
 from ytun.errors import ProtocolError, SessionClosedError

@@ -1,14 +1,27 @@
-"""Test peers for the yamux layer: a pair of sessions over loopback, and a raw peer that
-speaks frames byte by byte to one session so a test can script the other side."""
+"""Test peers for the yamux layer: a pair of sessions over loopback, a raw peer that
+speaks frames byte by byte to one session so a test can script the other side, and the
+probes and waits the session tests share."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import struct
 from dataclasses import dataclass
 from types import ModuleType
 
-from ytun.yamux import Config, Session
+from ytun._const import (
+    FLAG_ACK,
+    FLAG_FIN,
+    FLAG_RST,
+    FLAG_SYN,
+    TYPE_DATA,
+    TYPE_GO_AWAY,
+    TYPE_PING,
+    TYPE_WINDOW_UPDATE,
+)
+from ytun.yamux import Config, Session, Stream, StreamConnection, accept_connection
 
 HEADER = struct.Struct(">BBHII")
 
@@ -172,3 +185,134 @@ class RawPeer:
                 frames.append(await self.read_frame(timeout))
             except asyncio.IncompleteReadError:
                 return frames
+
+
+# -- shared by the session tests ---------------------------------------------------------
+
+DATA, WINDOW, PING, GO_AWAY = TYPE_DATA, TYPE_WINDOW_UPDATE, TYPE_PING, TYPE_GO_AWAY
+SYN, ACK, FIN, RST = FLAG_SYN, FLAG_ACK, FLAG_FIN, FLAG_RST
+
+FAST = Config(
+    keepalive_interval=None, ping_timeout=0.5, stream_open_timeout=None, stream_close_timeout=None
+)
+
+
+def fast(**changes) -> Config:
+    """A small config with no timers unless a test asks for one."""
+    return dataclasses.replace(FAST, **changes)
+
+
+class Probe(asyncio.Protocol):
+    """A stream protocol that records every callback; it never raises inside one."""
+
+    def __init__(self, *, paused: bool = False, keep_open: bool = True) -> None:
+        self.transport: Stream | None = None
+        self.data = bytearray()
+        self.eofs = 0
+        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        self.pauses = 0
+        self.resumes = 0
+        self.violations: list[str] = []
+        self._start_paused = paused
+        self._keep_open = keep_open
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self._start_paused:
+            transport.pause_reading()  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if self.eofs or self.lost.done():
+            self.violations.append(f"data_received after eof/close: {data[:20]!r}")
+        self.data += data
+
+    def eof_received(self) -> bool:
+        self.eofs += 1
+        return self._keep_open
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.lost.done():
+            self.violations.append("connection_lost twice")
+            return
+        self.lost.set_result(exc)
+
+    def pause_writing(self) -> None:
+        self.pauses += 1
+
+    def resume_writing(self) -> None:
+        self.resumes += 1
+
+
+async def until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
+    """Wait (bounded) until ``predicate()`` holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.002)
+
+
+async def lost(probe: Probe, timeout: float = 5.0) -> BaseException | None:
+    return await asyncio.wait_for(asyncio.shield(probe.lost), timeout)
+
+
+_ping_values = itertools.count(0x7000_0000)
+
+
+async def round_trip(peer: RawPeer) -> list[Frame]:
+    """Send a ping and return the frames the session sent before answering it."""
+    value = next(_ping_values)
+    peer.send(frame(PING, SYN, 0, value))
+    frames = []
+    while True:
+        got = await peer.read_frame()
+        if got.type == PING and got.flags & ACK and got.length == value:
+            return frames
+        frames.append(got)
+
+
+async def settle(peer: RawPeer) -> list[Frame]:
+    """Every frame the session emits in reaction to what the peer sent so far: two ping
+    round trips, so frames queued behind the first pong in the same flush are in too."""
+    return await round_trip(peer) + await round_trip(peer)
+
+
+def of_stream(frames: list[Frame], stream_id: int) -> list[Frame]:
+    return [f for f in frames if f.stream_id == stream_id]
+
+
+def is_ack(f: Frame, stream_id: int) -> bool:
+    return f.type == WINDOW and f.stream_id == stream_id and f.flags & ACK and not f.flags & RST
+
+
+def is_rst(f: Frame, stream_id: int) -> bool:
+    return f.type in (DATA, WINDOW) and f.stream_id == stream_id and bool(f.flags & RST)
+
+
+async def read_data(peer: RawPeer, stream_id: int, size: int) -> tuple[bytes, list[Frame]]:
+    """Read frames until ``size`` payload bytes of ``stream_id`` arrived."""
+    data = bytearray()
+    frames = []
+    while len(data) < size:
+        got = await peer.read_frame()
+        frames.append(got)
+        if got.type == DATA and got.stream_id == stream_id:
+            data += got.payload
+    return bytes(data), frames
+
+
+async def open_raw(peer: RawPeer, stream_id: int = 1, **probe_args) -> tuple[Stream, Probe]:
+    """The raw peer opens ``stream_id``; the session accepts it with a Probe."""
+    peer.send(frame(WINDOW, SYN, stream_id, 0))
+    stream, probe = await asyncio.wait_for(
+        peer.session.accept_stream(lambda: Probe(**probe_args)), 5
+    )
+    assert stream.stream_id == stream_id
+    return stream, probe
+
+
+async def open_raw_connection(peer: RawPeer, stream_id: int) -> StreamConnection:
+    """The raw peer opens ``stream_id``; the session accepts it as a StreamConnection."""
+    peer.send(frame(WINDOW, SYN, stream_id, 0))
+    return await asyncio.wait_for(accept_connection(peer.session), 5)
