@@ -22,6 +22,7 @@ from ytun._const import (
     TYPE_WINDOW_UPDATE,
 )
 from ytun.yamux import Config, Session, Stream, StreamConnection, accept_connection
+from ytun.yamux.core import Multiplexer
 
 HEADER = struct.Struct(">BBHII")
 
@@ -316,3 +317,146 @@ async def open_raw_connection(peer: RawPeer, stream_id: int) -> StreamConnection
     """The raw peer opens ``stream_id``; the session accepts it as a StreamConnection."""
     peer.send(frame(WINDOW, SYN, stream_id, 0))
     return await asyncio.wait_for(accept_connection(peer.session), 5)
+
+
+# -- the sans-I/O core, driven without sockets or an event loop ----------------------------
+
+
+class Recording(asyncio.BaseProtocol):
+    """A stream protocol that writes down every callback, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+        self.transport: Stream | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.events.append(("made",))
+
+    def data_received(self, data: bytes) -> None:
+        self.events.append(("data", bytes(data)))
+
+    def eof_received(self) -> bool:
+        self.events.append(("eof",))
+        return True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.events.append(("lost", exc))
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(event[1] for event in self.events if event[0] == "data")
+
+    @property
+    def lost(self) -> list[BaseException | None]:
+        return [event[1] for event in self.events if event[0] == "lost"]
+
+
+class Timer:
+    def __init__(self, delay: float, callback) -> None:
+        self.delay = delay
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def fire(self) -> None:
+        assert not self.cancelled
+        self.callback()
+
+
+class CoreDriver:
+    """A :class:`Multiplexer` whose hooks record instead of doing I/O: the core tests feed
+    it frames and read back what it would send. ``attach=True`` gives every inbound
+    stream a :class:`Recording` at once (like a session's protocol_factory); otherwise
+    inbound streams wait in the backlog."""
+
+    def __init__(
+        self,
+        codec: ModuleType,
+        *,
+        client: bool = False,
+        config: Config | None = None,
+        attach: bool = True,
+    ) -> None:
+        self.attach = attach
+        self.soon: list[tuple] = []
+        self.timers: list[Timer] = []
+        self.inbound: list[Stream] = []
+        self.protocols: dict[int, Recording] = {}
+        self.pongs: list[int] = []
+        self.go_aways: list[int] = []
+        self.slots_freed = 0
+        self.output_calls = 0
+        self.mux = Multiplexer(
+            client=client,
+            config=config or Config(),
+            codec=codec,
+            hooks=self,
+            backlog=not attach,
+        )
+
+    # hooks
+    def call_soon(self, callback, *args) -> None:
+        self.soon.append((callback, args))
+
+    def call_later(self, delay: float, callback) -> Timer:
+        timer = Timer(delay, callback)
+        self.timers.append(timer)
+        return timer
+
+    def output_ready(self) -> None:
+        self.output_calls += 1
+
+    def inbound_stream(self, stream: Stream) -> None:
+        self.inbound.append(stream)
+        if self.attach:
+            self.protocols[stream.stream_id] = protocol = Recording()
+            stream.attach(protocol)
+        else:
+            self.mux.backlog.append(stream)
+
+    def open_slot_freed(self) -> None:
+        self.slots_freed += 1
+
+    def pong_received(self, value: int) -> None:
+        self.pongs.append(value)
+
+    def go_away_received(self, code: int) -> None:
+        self.go_aways.append(code)
+
+    def get_extra_info(self, name: str, default=None):
+        return default
+
+    # driving
+    def feed(self, *frames: bytes) -> None:
+        self.mux.feed(b"".join(frames))
+
+    def run(self) -> None:
+        """Run the callbacks a loop would run next (deliveries, connection_lost)."""
+        while self.soon:
+            callback, args = self.soon.pop(0)
+            callback(*args)
+
+    def open(self) -> tuple[Stream, Recording]:
+        stream = self.mux.open_stream()
+        protocol = Recording()
+        stream.attach(protocol)
+        self.protocols[stream.stream_id] = protocol
+        return stream, protocol
+
+    def sent(self, data: bool = True) -> list[Frame]:
+        """The frames the core would write now, decoded."""
+        raw = b"".join(bytes(part) for part in self.mux.take_output(data))
+        frames = []
+        pos = 0
+        while pos < len(raw):
+            _, frame_type, flags, stream_id, length = HEADER.unpack_from(raw, pos)
+            pos += 12
+            payload = b""
+            if frame_type == TYPE_DATA:
+                payload = raw[pos : pos + length]
+                pos += length
+            frames.append(Frame(frame_type, flags, stream_id, length, payload))
+        return frames
