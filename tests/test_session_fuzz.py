@@ -7,6 +7,7 @@ more on demand."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import struct
 
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +18,13 @@ from ytun._const import MAX_WINDOW
 from ytun.errors import GoAwayError, ProtocolError, SessionClosedError
 from ytun.yamux import Session
 from ytun.yamux import codec as codecs
+
+try:
+    import uvloop
+except ImportError:  # not on every platform
+    uvloop = None
+
+LOOPS = [asyncio.new_event_loop] + ([uvloop.new_event_loop] if uvloop is not None else [])
 
 CONFIG = fast(
     max_streams=6,
@@ -182,11 +190,11 @@ class CaptureTransport(asyncio.Transport):
 @FUZZ
 @given(stream=st.lists(frames(), max_size=30), chunk=chunking)
 def test_session_answers_any_frames_with_at_most_go_away(stream, chunk):
-    """A whole Session on a capture transport: no exception leaves data_received; a
-    broken stream of frames ends in exactly one Go Away, then nothing more."""
+    """A whole Session on a capture transport, on both codecs and both loops: no exception
+    leaves data_received; a broken stream of frames ends in exactly one Go Away."""
     errors: list[dict] = []
-    for codec in codecs.available():
-        loop = asyncio.new_event_loop()
+    for codec, new_loop in itertools.product(codecs.available(), LOOPS):
+        loop = new_loop()
         loop.set_exception_handler(lambda _loop, context: errors.append(context))
         try:
 

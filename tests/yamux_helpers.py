@@ -381,6 +381,7 @@ class CoreDriver:
         attach: bool = True,
     ) -> None:
         self.attach = attach
+        self.session = None
         self.soon: list[tuple] = []
         self.timers: list[Timer] = []
         self.inbound: list[Stream] = []

@@ -38,6 +38,9 @@ class Cancellable(Protocol):
 class Hooks(Protocol):
     """What the core asks of its owner (the asyncio Session, or a test)."""
 
+    #: What streams report as ``get_extra_info("session")``.
+    session: Any
+
     def call_soon(self, callback: Callable[..., object], *args: Any) -> object:
         """Run ``callback`` later in this loop turn's aftermath (protocol callbacks)."""
 

@@ -73,7 +73,7 @@ class Session(asyncio.Protocol):
             client=client,
             config=config,
             codec=codec,
-            hooks=self,
+            hooks=_Hooks(self, self._loop),
             backlog=protocol_factory is None,
         )
         self._transport: asyncio.Transport | None = None
@@ -166,22 +166,16 @@ class Session(asyncio.Protocol):
         """Bytes of control frames (ACK, RST, window updates, pongs...) not yet written."""
         return self._mux.control_bytes
 
-    # -- hooks of the core ---------------------------------------------------------------
+    # -- what the core asks of us (through _Hooks) ---------------------------------------
 
-    def call_soon(self, callback: Callable[..., object], *args: Any) -> object:
-        return self._loop.call_soon(callback, *args)
-
-    def call_later(self, delay: float, callback: Callable[[], object]) -> asyncio.TimerHandle:
-        return self._loop.call_later(delay, callback)
-
-    def output_ready(self) -> None:
+    def _output_ready(self) -> None:
         if self._writing_paused and self._mux.control_bytes >= self._control_pause:
             self._output_held()
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    def inbound_stream(self, stream: Stream) -> None:
+    def _inbound_stream(self, stream: Stream) -> None:
         if self._protocol_factory is None:
             self._hand_over(stream)
             return
@@ -191,19 +185,19 @@ class Session(asyncio.Protocol):
             logger.exception("protocol factory failed; resetting stream %d", stream.stream_id)
             stream.reset(exc)
 
-    def open_slot_freed(self) -> None:
+    def _open_slot_freed(self) -> None:
         while self._unacked_waiters:
             waiter = self._unacked_waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 break
 
-    def pong_received(self, value: int) -> None:
+    def _pong_received(self, value: int) -> None:
         waiter = self._pings.pop(value, None)  # unknown pongs are ignored
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def go_away_received(self, code: int) -> None:
+    def _go_away_received(self, code: int) -> None:
         if code != GO_AWAY_NORMAL:
             self._fail(GoAwayError(code), None)
         elif self._on_remote_go_away is not None:
@@ -240,7 +234,7 @@ class Session(asyncio.Protocol):
                 await waiter
             except asyncio.CancelledError:
                 if _forget(self._unacked_waiters, waiter):
-                    self.open_slot_freed()  # we were woken for a free slot: pass it on
+                    self._open_slot_freed()  # we were woken for a free slot: pass it on
                 raise
         return self.open_stream_nowait(protocol_factory)
 
@@ -438,6 +432,33 @@ class Session(asyncio.Protocol):
         self._pings.clear()
         if not self._closed.done():
             self._closed.set_result(None)
+
+
+class _Hooks:
+    """The core's view of its Session: bound methods, so no call pays an extra frame."""
+
+    __slots__ = (
+        "session",
+        "call_soon",
+        "call_later",
+        "output_ready",
+        "inbound_stream",
+        "open_slot_freed",
+        "pong_received",
+        "go_away_received",
+        "get_extra_info",
+    )
+
+    def __init__(self, session: Session, loop: asyncio.AbstractEventLoop) -> None:
+        self.session = session
+        self.call_soon = loop.call_soon
+        self.call_later = loop.call_later
+        self.output_ready = session._output_ready
+        self.inbound_stream = session._inbound_stream
+        self.open_slot_freed = session._open_slot_freed
+        self.pong_received = session._pong_received
+        self.go_away_received = session._go_away_received
+        self.get_extra_info = session.get_extra_info
 
 
 def _forget(waiters: deque[asyncio.Future[Any]], waiter: asyncio.Future[Any]) -> bool:

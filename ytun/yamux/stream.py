@@ -161,7 +161,7 @@ class Stream(asyncio.Transport):
         if name == "stream_id":
             return self.stream_id
         if name == "session":
-            return self._hooks
+            return self._hooks.session
         return self._hooks.get_extra_info(name, default)
 
     # -- reading -------------------------------------------------------------------------
