@@ -118,8 +118,8 @@ class Multiplexer:
     def on_data(self, stream_id: int, flags: int, payload: bytes) -> None:
         if not flags:  # the hot path: one lookup, one call
             stream = self._stream_for(stream_id)
-            if stream is not None:  # else unknown or finished: the body was skipped
-                stream.on_data(0, payload)
+            if stream is not None and payload:  # else unknown or finished, or empty
+                stream.on_payload(payload)
             return
         stream = self.streams.get(stream_id)
         if flags & FLAG_SYN:

@@ -186,32 +186,35 @@ class Stream(asyncio.Transport):
         if flags and self._on_flags(flags):
             return
         if payload:
-            protocol = self._protocol
-            state = self._state
-            if (
-                (state is _ESTABLISHED or state is _LOCAL_CLOSE)
-                and protocol is not None
-                and not self._reading_paused
-                and not self._recv
-                and not self._closing
-            ):
-                # The fast path: straight to the protocol, no buffering.
-                delta = self._window.receive_consumed(len(payload))
-                if delta:
-                    self._mux.window_update(self.stream_id, delta)
-                try:
-                    protocol.data_received(payload)  # type: ignore[attr-defined]
-                except Exception as exc:
-                    self._protocol_failed(exc)
-            elif state is _REMOTE_CLOSE or state is _CLOSED:
-                self.reset(
-                    StreamResetError(f"peer sent data on stream {self.stream_id} after closing it")
-                )
-                return
-            else:
-                self._buffer(payload)
+            self.on_payload(payload)
         if flags & FLAG_FIN:
             self._on_remote_fin()
+
+    def on_payload(self, payload: bytes) -> None:
+        """The body of a Data frame, after its flags: the hot path of the receive side."""
+        protocol = self._protocol
+        state = self._state
+        if (
+            (state is _ESTABLISHED or state is _LOCAL_CLOSE)
+            and protocol is not None
+            and not self._reading_paused
+            and not self._recv
+            and not self._closing
+        ):
+            # Straight to the protocol, no buffering.
+            delta = self._window.receive_consumed(len(payload))
+            if delta:
+                self._mux.window_update(self.stream_id, delta)
+            try:
+                protocol.data_received(payload)  # type: ignore[attr-defined]
+            except Exception as exc:
+                self._protocol_failed(exc)
+        elif state is _REMOTE_CLOSE or state is _CLOSED:
+            self.reset(
+                StreamResetError(f"peer sent data on stream {self.stream_id} after closing it")
+            )
+        else:
+            self._buffer(payload)
 
     def on_window_update(self, flags: int, delta: int) -> None:
         """A Window Update frame for this stream (SYN already handled)."""
