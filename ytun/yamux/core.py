@@ -175,7 +175,7 @@ class Multiplexer:
         self.queue_control(
             self.encode_header(TYPE_WINDOW_UPDATE, FLAG_ACK, stream_id, window.update(True))
         )
-        stream.acknowledged_by_us()
+        stream.ack_sent()
         self.hooks.inbound_stream(stream)
         return None if stream.finished else stream
 

@@ -137,7 +137,7 @@ class Stream(asyncio.Transport):
         if timeout is not None:
             self._timer = self._hooks.call_later(timeout, self._open_timed_out)
 
-    def acknowledged_by_us(self) -> None:
+    def ack_sent(self) -> None:
         """Our ACK for the peer's SYN is queued."""
         if self._state is _SYN_RECEIVED:
             self._state = _ESTABLISHED
