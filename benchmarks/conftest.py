@@ -7,35 +7,18 @@ The benchmark files are named ``test_bench_*.py`` so pytest collects them when
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
 
-from ytun import _frames_py
 from ytun.yamux import codec as frames
-from ytun.yamux import session as session_module
 
 
-def _implementations() -> list[ModuleType]:
-    return frames.available()
-
-
-def _impl_id(module: ModuleType) -> str:
-    return "py" if module is _frames_py else "c"
-
-
-@pytest.fixture(params=_implementations(), ids=_impl_id)
+@pytest.fixture(params=frames.available(), ids=frames.implementation_name)
 def codec(request: pytest.FixtureRequest) -> ModuleType:
-    """One frame-codec implementation (compiled ``c`` or pure-Python ``py``)."""
+    """One frame-codec implementation (compiled ``c`` or pure-Python ``py``); benchmarks
+    pass it to ``Session(codec=...)``."""
     return request.param
-
-
-@pytest.fixture
-def impl(codec: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    """Sessions created during the benchmark use ``codec``."""
-    monkeypatch.setattr(session_module, "codec", codec)
-    yield codec
 
 
 @pytest.fixture

@@ -1,5 +1,8 @@
 """Shared fixtures: every async test runs on uvloop and on the stock asyncio loop, and
-``codec`` / ``impl`` select the compiled frame codec or its pure-Python twin."""
+``codec`` selects the compiled frame codec or its pure-Python twin; yamux tests pass it to
+``Session(codec=...)``.
+
+``--hypothesis-profile=long`` runs the property tests with many more examples, on demand."""
 
 from __future__ import annotations
 
@@ -8,10 +11,9 @@ from collections.abc import Callable, Iterator, Mapping
 from types import ModuleType
 
 import pytest
+from hypothesis import settings
 
-from ytun import _frames_py
 from ytun.yamux import codec as frames
-from ytun.yamux import session as session_module
 
 try:
     import uvloop
@@ -54,22 +56,10 @@ def no_loop_errors() -> Iterator[list[dict]]:
     assert not errors, f"unhandled errors in the event loop: {errors}"
 
 
-def _implementations() -> list[ModuleType]:
-    return frames.available()
+settings.register_profile("long", max_examples=20_000, deadline=None)
 
 
-def _impl_id(module: ModuleType) -> str:
-    return "py" if module is _frames_py else "c"
-
-
-@pytest.fixture(params=_implementations(), ids=_impl_id)
+@pytest.fixture(params=frames.available(), ids=frames.implementation_name)
 def codec(request: pytest.FixtureRequest) -> ModuleType:
     """One frame-codec implementation (compiled ``c`` or pure-Python ``py``)."""
     return request.param
-
-
-@pytest.fixture(params=_implementations(), ids=_impl_id)
-def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    """Run the yamux session on one codec implementation for the duration of a test."""
-    monkeypatch.setattr(session_module, "codec", request.param)
-    yield request.param

@@ -1,7 +1,7 @@
 """Flow control and resources at session level: windows, backpressure both ways, frame
 splitting, FIN ordering, bulk transfers, many streams, fairness and head-of-line
 blocking. Numbers in the docstrings refer to the conformance list in the yamux
-reference (section 11). Every test runs on both codecs (``impl``) and both loops."""
+reference (section 11). Every test runs on both codecs (``codec``) and both loops."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import hashlib
 import random
 
 import pytest
-from test_session import (
+from yamux_helpers import (
     ACK,
     DATA,
     FIN,
@@ -18,15 +18,18 @@ from test_session import (
     RST,
     SYN,
     WINDOW,
+    Frame,
     Probe,
+    RawPeer,
+    SessionPair,
     fast,
+    frame,
     lost,
     open_raw,
     read_data,
     settle,
     until,
 )
-from yamux_helpers import Frame, RawPeer, SessionPair, frame
 
 from ytun._const import INITIAL_WINDOW, MAX_WINDOW
 from ytun.errors import ProtocolError, SessionClosedError
@@ -89,8 +92,8 @@ async def request(session, payload: bytes) -> bytes:
 def assert_idle(session) -> None:
     """Nothing left of finished streams anywhere in the session's state."""
     assert session.stream_count == 0
-    assert not session._ready and not session._backlog and not session._control
-    assert session._unacked == 0 and not session._unacked_waiters
+    assert not session._mux.has_output and not session._mux.backlog
+    assert session._mux.unacked == 0 and not session._unacked_waiters
     assert not session._pings
     assert not session.is_closed
 
@@ -98,10 +101,10 @@ def assert_idle(session) -> None:
 # -- 29, 32, 36: send window and frame size --------------------------------------------
 
 
-async def test_send_window_limits_data_in_flight(impl):
+async def test_send_window_limits_data_in_flight(codec):
     """29: at most 256 KiB of payload before the first Window Update, then exactly the
     credit granted; a zero-delta update (pure ACK) changes nothing."""
-    async with RawPeer(session_is_client=True, config=fast()) as peer:
+    async with RawPeer(session_is_client=True, config=fast(), codec=codec) as peer:
         stream, _ = await peer.session.open_stream(Probe)
         payload = pattern(1024 * 1024)
         stream.write(payload)
@@ -119,9 +122,9 @@ async def test_send_window_limits_data_in_flight(impl):
         assert stream.get_write_buffer_size() == len(payload) - INITIAL_WINDOW - 100
 
 
-async def test_send_window_may_reach_but_not_pass_the_32_bit_limit(impl):
+async def test_send_window_may_reach_but_not_pass_the_32_bit_limit(codec):
     """32: credit up to 2^32 - 1 is fine, one more is a protocol error."""
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         stream, probe = await open_raw(peer, 1)
         peer.send(frame(WINDOW, 0, 1, MAX_WINDOW - INITIAL_WINDOW))
         await settle(peer)
@@ -133,9 +136,11 @@ async def test_send_window_may_reach_but_not_pass_the_32_bit_limit(impl):
 
 
 @pytest.mark.parametrize("max_payload", [1000, 16 * 1024, 64 * 1024])
-async def test_data_frames_never_exceed_max_frame_payload(impl, max_payload):
+async def test_data_frames_never_exceed_max_frame_payload(codec, max_payload):
     """36: outgoing Data is split at max_frame_payload, in order, whatever the writes."""
-    async with RawPeer(session_is_client=True, config=fast(max_frame_payload=max_payload)) as peer:
+    async with RawPeer(
+        session_is_client=True, config=fast(max_frame_payload=max_payload), codec=codec
+    ) as peer:
         stream, _ = await peer.session.open_stream(Probe)
         payload = pattern(200_000, 1)
         for start, end in ((0, 1), (1, 150_001), (150_001, 150_500), (150_500, 200_000)):
@@ -156,10 +161,10 @@ def test_max_frame_payload_above_one_mebibyte_is_refused():
 # -- 30, 31: receive window ------------------------------------------------------------
 
 
-async def test_data_beyond_receive_window_is_protocol_error(impl):
+async def test_data_beyond_receive_window_is_protocol_error(codec):
     """30: a reader that does not read grants nothing more; the peer may fill the window
     exactly, one byte more is a protocol error (Go Away 1)."""
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         stream, probe = await open_raw(peer, 1, paused=True)
         for _ in range(4):
             peer.send(frame(DATA, 0, 1, INITIAL_WINDOW // 4, b"f" * (INITIAL_WINDOW // 4)))
@@ -172,11 +177,11 @@ async def test_data_beyond_receive_window_is_protocol_error(impl):
         assert isinstance(exc, SessionClosedError) and isinstance(exc.__cause__, ProtocolError)
 
 
-async def test_window_update_only_after_half_is_consumed(impl):
+async def test_window_update_only_after_half_is_consumed(codec):
     """31: no Window Update while the application does not read; updates only once half
     the window is reclaimable; the credit is exact after odd-sized reads (the peer can
     then send exactly its computed window and not one byte more)."""
-    async with RawPeer(session_is_client=False, config=fast()) as peer:
+    async with RawPeer(session_is_client=False, config=fast(), codec=codec) as peer:
         stream, probe = await open_raw(peer, 1, paused=True)
         await settle(peer)
         sent = 0
@@ -217,11 +222,11 @@ async def test_window_update_only_after_half_is_consumed(impl):
 # -- backpressure both ways ------------------------------------------------------------
 
 
-async def test_exhausted_peer_window_pauses_the_protocol(impl):
+async def test_exhausted_peer_window_pauses_the_protocol(codec):
     """An exhausted send window keeps data queued and pauses the attached protocol at
     the high-water mark; credit from the peer drains it and resumes the protocol."""
     config = fast(stream_write_high=64 * 1024, stream_write_low=16 * 1024)
-    async with RawPeer(session_is_client=True, config=config) as peer:
+    async with RawPeer(session_is_client=True, config=config, codec=codec) as peer:
         stream, probe = await peer.session.open_stream(Probe)
         payload = pattern(INITIAL_WINDOW + 100_000, 2)
         for start in range(0, len(payload), 10_000):
@@ -242,11 +247,11 @@ async def test_exhausted_peer_window_pauses_the_protocol(impl):
         assert stream.get_write_buffer_size() == 0 and probe.pauses == 1
 
 
-async def test_paused_reader_stops_the_peer(impl):
+async def test_paused_reader_stops_the_peer(codec):
     """A protocol that pauses reading grants no window: the peer stops after 256 KiB and
     its own protocol is paused; resuming delivers everything intact."""
     config = fast(stream_write_high=64 * 1024, stream_write_low=16 * 1024)
-    async with SessionPair(config, config) as pair:
+    async with SessionPair(config, config, codec=codec) as pair:
         stream, writer = await pair.client.open_stream(Probe)
         far_stream, reader = await asyncio.wait_for(
             pair.server.accept_stream(lambda: Probe(paused=True)), 5
@@ -267,9 +272,9 @@ async def test_paused_reader_stops_the_peer(impl):
         await until(lambda: writer.resumes == 1)
 
 
-async def test_fin_never_overtakes_queued_data(impl):
+async def test_fin_never_overtakes_queued_data(codec):
     """28: close() with data still waiting for window: the FIN follows the last byte."""
-    async with RawPeer(session_is_client=True, config=fast()) as peer:
+    async with RawPeer(session_is_client=True, config=fast(), codec=codec) as peer:
         stream, _ = await peer.session.open_stream(Probe)
         payload = pattern(INITIAL_WINDOW + 50_000, 4)
         stream.write(payload)
@@ -294,11 +299,11 @@ async def test_fin_never_overtakes_queued_data(impl):
 # -- 33, 35: transfers ----------------------------------------------------------------
 
 
-async def test_bulk_transfer_both_directions_with_checksums(impl):
+async def test_bulk_transfer_both_directions_with_checksums(codec):
     """33 (scaled down to 32 MiB each way): both directions at once on one stream,
     random write and read sizes, SHA-256 of both streams compared."""
     size = 32 * 1024 * 1024
-    async with SessionPair(fast(), fast()) as pair:
+    async with SessionPair(fast(), fast(), codec=codec) as pair:
         near = await open_connection(pair.client)
         far = await asyncio.wait_for(accept_connection(pair.server), 5)
 
@@ -336,10 +341,10 @@ async def test_bulk_transfer_both_directions_with_checksums(impl):
         assert pair.client.stream_count == pair.server.stream_count == 0
 
 
-async def test_stalled_stream_does_not_stall_the_session(impl):
+async def test_stalled_stream_does_not_stall_the_session(codec):
     """35: both ends write more than a window without reading: that stream stalls with
     memory bounded by the windows; pings and other streams keep working."""
-    async with SessionPair(fast(), fast()) as pair:
+    async with SessionPair(fast(), fast(), codec=codec) as pair:
         near, near_probe = await pair.client.open_stream(lambda: Probe(paused=True))
         far, far_probe = await asyncio.wait_for(
             pair.server.accept_stream(lambda: Probe(paused=True)), 5
@@ -363,10 +368,10 @@ async def test_stalled_stream_does_not_stall_the_session(impl):
 # -- 47: many streams ------------------------------------------------------------------
 
 
-async def test_thousand_concurrent_streams(impl):
+async def test_thousand_concurrent_streams(codec):
     """47: 1,000 concurrent request/response streams (beyond the 256 un-ACKed limit)."""
     config = fast(accept_backlog=2048)
-    async with SessionPair(fast(), config) as pair:
+    async with SessionPair(fast(), config, codec=codec) as pair:
         echo = await serve(pair.server)
         try:
             payloads = [b"%d:" % i + pattern(i % 700, i) for i in range(1000)]
@@ -381,10 +386,10 @@ async def test_thousand_concurrent_streams(impl):
         assert_idle(pair.server)
 
 
-async def test_sequential_streams_leave_no_state(impl):
+async def test_sequential_streams_leave_no_state(codec):
     """22, 47: 10,000 sequential open/echo/close cycles; FIN both ways removes each
     stream, and nothing accumulates."""
-    async with SessionPair(fast(), fast()) as pair:
+    async with SessionPair(fast(), fast(), codec=codec) as pair:
         echo = await serve(pair.server)
         try:
             for i in range(10_000):
@@ -397,16 +402,16 @@ async def test_sequential_streams_leave_no_state(impl):
         await until(lambda: pair.server.stream_count == 0)
         assert_idle(pair.client)
         assert_idle(pair.server)
-        assert pair.client._next_id == 1 + 2 * 10_000
+        assert pair.client._mux._next_id == 1 + 2 * 10_000
 
 
 # -- 48, 49, 50: fairness, transport backpressure, head-of-line blocking -----------------
 
 
-async def test_bulk_stream_does_not_monopolise_a_flush(impl):
+async def test_bulk_stream_does_not_monopolise_a_flush(codec):
     """48: frames queued in the same loop iteration are interleaved, so a small write
     waits behind at most about one frame per active stream, not behind a whole window."""
-    async with RawPeer(session_is_client=True, config=fast()) as peer:
+    async with RawPeer(session_is_client=True, config=fast(), codec=codec) as peer:
         bulk, _ = await peer.session.open_stream(Probe)
         rpc, _ = await peer.session.open_stream(Probe)
         peer.send(frame(WINDOW, ACK, 1, 8 * 1024 * 1024) + frame(WINDOW, ACK, 3, 0))
@@ -423,14 +428,14 @@ async def test_bulk_stream_does_not_monopolise_a_flush(impl):
         assert before <= peer.session.config.max_frame_payload
 
 
-async def test_transport_backpressure_pauses_stream_writers(impl):
+async def test_transport_backpressure_pauses_stream_writers(codec):
     """49: when the connection's write buffer is full, stream data stays queued, the
     stream's writer is paused (drain waits) and memory stays bounded; everything
     arrives once the peer reads again."""
     config = fast(
         transport_write_high=64 * 1024, stream_write_high=128 * 1024, stream_write_low=32 * 1024
     )
-    async with RawPeer(session_is_client=True, config=config) as peer:
+    async with RawPeer(session_is_client=True, config=config, codec=codec) as peer:
         session = peer.session
         conn = await open_connection(session)
         peer.send(frame(WINDOW, ACK, 1, MAX_WINDOW - INITIAL_WINDOW))
@@ -476,9 +481,9 @@ async def test_transport_backpressure_pauses_stream_writers(impl):
         assert await asyncio.wait_for(reading, 20) == digest.hexdigest()
 
 
-async def test_unread_stream_does_not_delay_others(impl):
+async def test_unread_stream_does_not_delay_others(codec):
     """50: a stream whose consumer never reads does not block other streams."""
-    async with SessionPair(fast(), fast()) as pair:
+    async with SessionPair(fast(), fast(), codec=codec) as pair:
         stuck, stuck_probe = await pair.client.open_stream(Probe)
         far, far_probe = await asyncio.wait_for(
             pair.server.accept_stream(lambda: Probe(paused=True)), 5

@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -200,13 +201,13 @@ class EchoProtocol(asyncio.Protocol):
         self.stats.lost.append(exc)
 
 
-async def test_go_client_against_ytun_server(impl, yamux_peer):
+async def test_go_client_against_ytun_server(codec, yamux_peer):
     loop = asyncio.get_running_loop()
     stats = EchoStats()
     sessions: list[Session] = []
 
     def session_factory() -> Session:
-        session = Session(client=False, protocol_factory=lambda: EchoProtocol(stats))
+        session = Session(client=False, protocol_factory=lambda: EchoProtocol(stats), codec=codec)
         sessions.append(session)
         return session
 
@@ -241,7 +242,7 @@ async def test_go_client_against_ytun_server(impl, yamux_peer):
 
 
 @asynccontextmanager
-async def go_server(binary: Path) -> AsyncIterator[tuple[GoPeer, Session]]:
+async def go_server(binary: Path, codec: ModuleType) -> AsyncIterator[tuple[GoPeer, Session]]:
     """A ytun client session on the Go peer in server mode. On a clean exit the session is
     closed and the peer must report SESSION-CLOSED and exit with status 0."""
     peer = await GoPeer.start(binary, "-mode", "server", "-listen", "127.0.0.1:0")
@@ -251,7 +252,7 @@ async def go_server(binary: Path) -> AsyncIterator[tuple[GoPeer, Session]]:
         host, port = listen.split()[1].rsplit(":", 1)
         _, session = await asyncio.wait_for(
             asyncio.get_running_loop().create_connection(
-                lambda: Session(client=True), host, int(port)
+                lambda: Session(client=True, codec=codec), host, int(port)
             ),
             STEP_TIMEOUT,
         )
@@ -302,9 +303,9 @@ async def echo_round_trip(session: Session, payload: bytes) -> StreamConnection:
     return conn
 
 
-async def test_concurrent_streams_against_go_server(impl, yamux_peer):
+async def test_concurrent_streams_against_go_server(codec, yamux_peer):
     size = 64 * 1024
-    async with go_server(yamux_peer) as (peer, session):
+    async with go_server(yamux_peer, codec) as (peer, session):
         payloads = [b"data" + random.Random(i).randbytes(size - 4) for i in range(100)]
         conns = await asyncio.gather(*(echo_round_trip(session, p) for p in payloads))
         ids = [conn.stream_id for conn in conns]
@@ -314,10 +315,10 @@ async def test_concurrent_streams_against_go_server(impl, yamux_peer):
     assert not [line for line in peer.lines if line.startswith("STREAM-RESET")]
 
 
-async def test_ten_mib_each_way_against_go_server(impl, yamux_peer):
+async def test_ten_mib_each_way_against_go_server(codec, yamux_peer):
     size, block = 10 << 20, 256 * 1024
     data = b"data" + random.Random(0xB16).randbytes(size - 4)
-    async with go_server(yamux_peer) as (peer, session):
+    async with go_server(yamux_peer, codec) as (peer, session):
         conn = await open_connection(session)
 
         async def send() -> None:
@@ -340,9 +341,9 @@ async def test_ten_mib_each_way_against_go_server(impl, yamux_peer):
     assert echo_done(peer) == {conn.stream_id: size}
 
 
-async def test_half_close_against_go_server(impl, yamux_peer):
+async def test_half_close_against_go_server(codec, yamux_peer):
     payload = b"half-closed: the peer still sends after our FIN"
-    async with go_server(yamux_peer) as (peer, session):
+    async with go_server(yamux_peer, codec) as (peer, session):
         conn = await open_connection(session)
         conn.write(payload)
         conn.write_eof()
@@ -353,8 +354,8 @@ async def test_half_close_against_go_server(impl, yamux_peer):
     assert echo_done(peer) == {conn.stream_id: len(payload)}
 
 
-async def test_reset_mid_transfer_against_go_server(impl, yamux_peer):
-    async with go_server(yamux_peer) as (peer, session):
+async def test_reset_mid_transfer_against_go_server(codec, yamux_peer):
+    async with go_server(yamux_peer, codec) as (peer, session):
         conn = await open_connection(session)
         conn.write(b"data" + bytes(512 * 1024))  # more than one window: the echo is running
         await asyncio.wait_for(conn.readexactly(4096), STEP_TIMEOUT)
@@ -368,8 +369,8 @@ async def test_reset_mid_transfer_against_go_server(impl, yamux_peer):
     assert echo_done(peer) == {after.stream_id: len(b"still alive after reset")}
 
 
-async def test_ping_against_go_server(impl, yamux_peer):
-    async with go_server(yamux_peer) as (_, session):
+async def test_ping_against_go_server(codec, yamux_peer):
+    async with go_server(yamux_peer, codec) as (_, session):
         for _ in range(3):
             rtt = await session.ping()
             assert isinstance(rtt, float)

@@ -30,6 +30,11 @@ class GoAwayError(SessionClosedError):
         self.code = code
 
 
+class PeerNotReadingError(YtunError):
+    """The peer stopped reading while its frames kept asking for replies; the session
+    sent Go Away and dropped the connection rather than buffer the replies without end."""
+
+
 class KeepaliveTimeoutError(SessionClosedError, TimeoutError):
     """The peer did not answer a keepalive ping in time."""
 

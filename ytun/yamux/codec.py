@@ -37,8 +37,14 @@ def available() -> list[ModuleType]:
     return [implementation, _frames_py]
 
 
+def implementation_name(module: ModuleType) -> str:
+    """``"py"`` for the pure-Python twin, ``"c"`` for the compiled module (test ids)."""
+    return "py" if module is _frames_py else "c"
+
+
 __all__ = [
     "available",
+    "implementation_name",
     "DEFAULT_MAX_PAYLOAD",
     "NO_EXTENSIONS",
     "FlowWindow",

@@ -39,6 +39,11 @@ class Config:
     transport_write_high: int = 4 * 1024 * 1024
     #: Pongs that may be queued at once; ping replies beyond it are dropped.
     pong_backlog: int = 64
+    #: Bytes of control frames (ACK, RST, window updates, pongs) held for a peer that does
+    #: not read. At half of it the session stops reading that peer; past it the session
+    #: sends Go Away (internal error) and drops the connection. Honest traffic stays far
+    #: below: about two window updates per stream, one ACK per new stream, the pongs.
+    max_control_queue: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         positive = (
@@ -51,6 +56,7 @@ class Config:
             "stream_write_high",
             "transport_write_high",
             "pong_backlog",
+            "max_control_queue",
         )
         for name in positive:
             if getattr(self, name) <= 0:

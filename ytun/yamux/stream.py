@@ -1,22 +1,25 @@
 """One yamux stream, exposed as an asyncio Transport for any asyncio Protocol.
 
-The session feeds it frames and asks it for outgoing ones; the attached protocol sees
-``data_received`` / ``eof_received`` / ``connection_lost`` and ``pause_writing`` /
-``resume_writing``, exactly as on a TCP transport.
+The stream owns its state: the multiplexer routes each Data and Window Update frame to
+:meth:`Stream.on_data` / :meth:`Stream.on_window_update`, which act on the frame's flags in
+one place, and asks it for outgoing frames. The attached protocol sees ``data_received`` /
+``eof_received`` / ``connection_lost`` and ``pause_writing`` / ``resume_writing``, exactly as
+on a TCP transport.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .._const import FLAG_FIN, TYPE_DATA, TYPE_WINDOW_UPDATE
+from .._const import FLAG_ACK, FLAG_FIN, FLAG_RST, TYPE_DATA, TYPE_WINDOW_UPDATE
 from ..errors import StreamOpenTimeoutError, StreamResetError
 
 if TYPE_CHECKING:
-    from .session import Session
+    from .core import Cancellable, Multiplexer
 
 logger = logging.getLogger("ytun.yamux")
 
@@ -24,12 +27,45 @@ logger = logging.getLogger("ytun.yamux")
 _JOIN_LIMIT = 2048
 
 
+class StreamState(enum.Enum):
+    """Where a stream is in its life on the wire (hashicorp/yamux ``stream.go``)."""
+
+    #: Registered locally, SYN not yet queued.
+    INIT = "init"
+    #: Our SYN is queued or sent; no ACK yet (data may flow already).
+    SYN_SENT = "syn-sent"
+    #: The peer's SYN arrived; our ACK is not queued yet.
+    SYN_RECEIVED = "syn-received"
+    #: Both sides may send.
+    ESTABLISHED = "established"
+    #: We sent FIN; the peer may still send.
+    LOCAL_CLOSE = "local-close"
+    #: The peer sent FIN; we may still send.
+    REMOTE_CLOSE = "remote-close"
+    #: Both FINs exchanged.
+    CLOSED = "closed"
+    #: Reset by either side (RST), or ended with the session.
+    RESET = "reset"
+
+
+_INIT = StreamState.INIT
+_SYN_SENT = StreamState.SYN_SENT
+_SYN_RECEIVED = StreamState.SYN_RECEIVED
+_ESTABLISHED = StreamState.ESTABLISHED
+_LOCAL_CLOSE = StreamState.LOCAL_CLOSE
+_REMOTE_CLOSE = StreamState.REMOTE_CLOSE
+_CLOSED = StreamState.CLOSED
+_RESET = StreamState.RESET
+
+
 class Stream(asyncio.Transport):
     """A yamux stream. Create with ``Session.open_stream`` or ``Session.accept_stream``."""
 
     __slots__ = (
-        "_session",
+        "_mux",
+        "_hooks",
         "stream_id",
+        "_state",
         "_window",
         "_protocol",
         "_recv",
@@ -40,21 +76,20 @@ class Stream(asyncio.Transport):
         "_low",
         "_protocol_paused",
         "_fin_wanted",
-        "_fin_sent",
-        "_remote_fin",
         "_eof_delivered",
         "_closing",
-        "_acked",
         "_done",
         "_timer",
         "_delivery_scheduled",
     )
 
-    def __init__(self, session: Session, stream_id: int, window: Any, *, acked: bool) -> None:
+    def __init__(self, mux: Multiplexer, stream_id: int, window: Any, state: StreamState) -> None:
         super().__init__()
-        config = session.config
-        self._session = session
+        config = mux.config
+        self._mux = mux
+        self._hooks = mux.hooks
         self.stream_id = stream_id
+        self._state = state
         self._window = window
         self._protocol: asyncio.BaseProtocol | None = None
         self._recv: deque[bytes] = deque()
@@ -64,26 +99,56 @@ class Stream(asyncio.Transport):
         self._high = config.stream_write_high
         self._low = config.stream_write_low
         self._protocol_paused = False
+        # write_eof() or close() asked for a FIN (it follows the queued data).
         self._fin_wanted = False
-        self._fin_sent = False
-        self._remote_fin = False
         self._eof_delivered = False
+        # close() was called: inbound data is credited back and dropped.
         self._closing = False
-        self._acked = acked
+        # The stream left the session and its protocol was told (connection_lost).
         self._done = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Cancellable | None = None
         self._delivery_scheduled = False
 
     def __repr__(self) -> str:
-        state = "done" if self._done else "closing" if self._closing else "open"
-        return f"<Stream {self.stream_id} {state}>"
+        return f"<Stream {self.stream_id} {self._state.value}>"
+
+    @property
+    def state(self) -> StreamState:
+        return self._state
+
+    @property
+    def finished(self) -> bool:
+        """True once the stream has left its session (closed or reset, protocol told)."""
+        return self._done
+
+    def _fin_received(self) -> bool:
+        state = self._state
+        return state is _REMOTE_CLOSE or state is _CLOSED
+
+    def _fin_sent(self) -> bool:
+        state = self._state
+        return state is _LOCAL_CLOSE or state is _CLOSED
+
+    # -- opening -------------------------------------------------------------------------
+
+    def syn_sent(self, timeout: float | None) -> None:
+        """Our SYN is queued; reset the stream if the peer does not answer in time."""
+        self._state = _SYN_SENT
+        if timeout is not None:
+            self._timer = self._hooks.call_later(timeout, self._open_timed_out)
+
+    def ack_sent(self) -> None:
+        """Our ACK for the peer's SYN is queued."""
+        if self._state is _SYN_RECEIVED:
+            self._state = _ESTABLISHED
 
     # -- attaching a protocol ------------------------------------------------------------
 
-    def _attach(self, protocol: asyncio.BaseProtocol) -> None:
+    def attach(self, protocol: asyncio.BaseProtocol) -> None:
+        """Give the stream its protocol (``connection_made``); buffered data follows."""
         self._protocol = protocol
         protocol.connection_made(self)
-        if self._recv or self._remote_fin:
+        if self._recv or self._fin_received():
             self._schedule_delivery()
 
     def get_protocol(self) -> asyncio.BaseProtocol:  # type: ignore[override]
@@ -96,8 +161,8 @@ class Stream(asyncio.Transport):
         if name == "stream_id":
             return self.stream_id
         if name == "session":
-            return self._session
-        return self._session.get_extra_info(name, default)
+            return self._hooks.session
+        return self._hooks.get_extra_info(name, default)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -111,15 +176,78 @@ class Stream(asyncio.Transport):
     def resume_reading(self) -> None:
         if self._reading_paused:
             self._reading_paused = False
-            if self._recv or self._remote_fin:
+            if self._recv or self._fin_received():
                 self._schedule_delivery()
 
-    def _on_data(self, payload: bytes) -> None:
-        """A Data payload arrived (the session already took the fast path if it could)."""
+    # -- frames from the peer --------------------------------------------------------------
+
+    def on_data(self, flags: int, payload: bytes) -> None:
+        """A Data frame for this stream (SYN already handled by the multiplexer)."""
+        if flags and self._on_flags(flags):
+            return
+        if payload:
+            self.on_payload(payload)
+        if flags & FLAG_FIN:
+            self._on_remote_fin()
+
+    def on_payload(self, payload: bytes) -> None:
+        """The body of a Data frame, after its flags: the hot path of the receive side."""
+        protocol = self._protocol
+        state = self._state
+        if (
+            (state is _ESTABLISHED or state is _LOCAL_CLOSE)
+            and protocol is not None
+            and not self._reading_paused
+            and not self._recv
+            and not self._closing
+        ):
+            # Straight to the protocol, no buffering.
+            delta = self._window.receive_consumed(len(payload))
+            if delta:
+                self._mux.window_update(self.stream_id, delta)
+            try:
+                protocol.data_received(payload)  # type: ignore[attr-defined]
+            except Exception as exc:
+                self._protocol_failed(exc)
+        elif state is _REMOTE_CLOSE or state is _CLOSED:
+            self.reset(
+                StreamResetError(f"peer sent data on stream {self.stream_id} after closing it")
+            )
+        else:
+            self._buffer(payload)
+
+    def on_window_update(self, flags: int, delta: int) -> None:
+        """A Window Update frame for this stream (SYN already handled)."""
+        if flags and self._on_flags(flags):
+            return
+        if delta:
+            self._window.add_send(delta)
+            if self._send:
+                self._mux.stream_ready(self)
+        if flags & FLAG_FIN:
+            self._on_remote_fin()
+
+    def _on_flags(self, flags: int) -> bool:
+        """ACK and RST, taken before the frame's body; True if the stream was reset."""
+        if flags & (FLAG_ACK | FLAG_FIN):  # a FIN answers an open as well as an ACK does
+            self._on_ack()
+        if flags & FLAG_RST:
+            self._finish(StreamResetError(f"stream {self.stream_id} was reset by the peer"))
+            return True
+        return False
+
+    def _on_ack(self) -> None:
+        if self._state is _SYN_SENT:
+            self._state = _ESTABLISHED
+        if self._mux.stream_acked(self) and not self._closing:
+            self._cancel_timer()  # the open timer; after close() it is the close timer
+
+    def _buffer(self, payload: bytes) -> None:
+        """Keep a payload the protocol cannot take now."""
         size = len(payload)
         if self._closing or self._done:
             # Nobody will read it: credit it back at once so the peer can finish.
-            self._session._window_update(self.stream_id, self._window.receive_consumed(size))
+            self._mux.window_update(self.stream_id, self._window.receive_consumed(size))
             return
         self._window.receive(size)
         self._recv.append(payload)
@@ -129,7 +257,7 @@ class Stream(asyncio.Transport):
     def _schedule_delivery(self) -> None:
         if not self._delivery_scheduled:
             self._delivery_scheduled = True
-            self._session._loop.call_soon(self._deliver)
+            self._hooks.call_soon(self._deliver)
 
     def _deliver(self) -> None:
         self._delivery_scheduled = False
@@ -139,19 +267,20 @@ class Stream(asyncio.Transport):
         window = self._window
         while self._recv and not self._reading_paused and not self._closing:
             chunk = self._recv.popleft()
-            self._session._window_update(self.stream_id, window.consume(len(chunk)))
+            self._mux.window_update(self.stream_id, window.consume(len(chunk)))
             try:
                 protocol.data_received(chunk)  # type: ignore[attr-defined]
             except Exception as exc:
                 self._protocol_failed(exc)
                 return
-        if self._remote_fin and not self._recv and not self._eof_delivered:
+        if self._fin_received() and not self._recv and not self._eof_delivered:
             self._deliver_eof()
 
     def _on_remote_fin(self) -> None:
-        if self._remote_fin:
+        state = self._state
+        if state is _REMOTE_CLOSE or state is _CLOSED or self._done:
             return  # a duplicate FIN is harmless
-        self._remote_fin = True
+        self._state = _CLOSED if state is _LOCAL_CLOSE else _REMOTE_CLOSE
         if self._closing:
             self._eof_delivered = True
         elif not self._recv and self._protocol is not None:
@@ -184,7 +313,7 @@ class Stream(asyncio.Transport):
             data = bytes(data)  # never keep a buffer the caller may reuse
         self._send.append(data)
         self._send_size += len(data)
-        self._session._stream_ready(self)
+        self._mux.stream_ready(self)
         if self._send_size > self._high and not self._protocol_paused:
             self._pause_protocol()
 
@@ -200,7 +329,7 @@ class Stream(asyncio.Transport):
         if self._fin_wanted or self._done:
             return
         self._fin_wanted = True
-        self._session._stream_ready(self)
+        self._mux.stream_ready(self)
 
     def get_write_buffer_size(self) -> int:
         return self._send_size
@@ -210,7 +339,7 @@ class Stream(asyncio.Transport):
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         if high is None:
-            high = 4 * low if low is not None else self._session.config.stream_write_high
+            high = 4 * low if low is not None else self._mux.config.stream_write_high
         if low is None:
             low = high // 4
         if not high >= low >= 0:
@@ -227,13 +356,14 @@ class Stream(asyncio.Transport):
             except Exception:
                 logger.exception("pause_writing() of %r failed", self._protocol)
 
-    def _wants_emit(self) -> bool:
+    def wants_emit(self) -> bool:
+        """True if :meth:`emit` has a frame to add now."""
         return not self._done and (
             bool(self._send and self._window.send_credit)
-            or (self._fin_wanted and not self._fin_sent and not self._send)
+            or (self._fin_wanted and not self._send and not self._fin_sent())
         )
 
-    def _emit(self, out: list[bytes | memoryview], encode_header: Any, max_payload: int) -> None:
+    def emit(self, out: list[bytes | memoryview], encode_header: Any, max_payload: int) -> None:
         """Append our next frames to ``out``: up to about ``max_payload`` bytes of data
         within the send window (one frame, or several small ones), then FIN if all is sent."""
         window = self._window
@@ -258,9 +388,11 @@ class Stream(asyncio.Transport):
             self._send_size -= size
         # FIN travels alone, never on a Data frame: hashicorp/yamux handles a Data frame's
         # flags before its payload, so a reader there could see EOF and lose the data.
-        if self._fin_wanted and not self._fin_sent and not send:
+        fin_sent = False
+        if self._fin_wanted and not send and not self._fin_sent():
             out.append(encode_header(TYPE_WINDOW_UPDATE, FLAG_FIN, stream_id, 0))
-            self._fin_sent = True
+            self._state = _CLOSED if self._state is _REMOTE_CLOSE else _LOCAL_CLOSE
+            fin_sent = True
         if self._protocol_paused and self._send_size <= self._low:
             self._protocol_paused = False
             if self._protocol is not None:
@@ -268,13 +400,8 @@ class Stream(asyncio.Transport):
                     self._protocol.resume_writing()
                 except Exception:
                     logger.exception("resume_writing() of %r failed", self._protocol)
-        if self._fin_sent:
+        if fin_sent:
             self._maybe_done()
-
-    def _on_window_update(self, delta: int) -> None:
-        self._window.add_send(delta)
-        if self._send:
-            self._session._stream_ready(self)
 
     # -- closing -------------------------------------------------------------------------
 
@@ -287,15 +414,13 @@ class Stream(asyncio.Transport):
             return
         self._closing = True
         if self._recv:
-            self._session._window_update(
-                self.stream_id, self._window.consume(sum(map(len, self._recv)))
-            )
+            self._mux.window_update(self.stream_id, self._window.consume(sum(map(len, self._recv))))
             self._recv.clear()
         self.write_eof()
-        timeout = self._session.config.stream_close_timeout
-        if timeout is not None and not self._remote_fin:
+        timeout = self._mux.config.stream_close_timeout
+        if timeout is not None and not self._fin_received():
             self._cancel_timer()
-            self._timer = self._session._loop.call_later(timeout, self._close_timed_out)
+            self._timer = self._hooks.call_later(timeout, self._close_timed_out)
         self._maybe_done()
 
     def abort(self) -> None:
@@ -305,7 +430,7 @@ class Stream(asyncio.Transport):
     def reset(self, exc: BaseException | None = None) -> None:
         if self._done:
             return
-        self._session._send_reset(self.stream_id)
+        self._mux.send_reset(self.stream_id)
         self._finish(exc)
 
     def _close_timed_out(self) -> None:
@@ -317,19 +442,9 @@ class Stream(asyncio.Transport):
         self.reset(
             StreamOpenTimeoutError(
                 f"stream {self.stream_id} was not acknowledged within "
-                f"{self._session.config.stream_open_timeout} s"
+                f"{self._mux.config.stream_open_timeout} s"
             )
         )
-
-    def _on_ack(self) -> None:
-        if not self._acked:
-            self._acked = True
-            if not self._closing:
-                self._cancel_timer()
-            self._session._stream_acked()
-
-    def _on_remote_reset(self) -> None:
-        self._finish(StreamResetError(f"stream {self.stream_id} was reset by the peer"))
 
     def _protocol_failed(self, exc: Exception) -> None:
         logger.error(
@@ -339,27 +454,31 @@ class Stream(asyncio.Transport):
 
     def _maybe_done(self) -> None:
         if (
-            not self._done
-            and self._fin_sent
-            and self._remote_fin
+            self._state is _CLOSED
+            and not self._done
             and (self._eof_delivered or self._protocol is None)
         ):
-            self._finish(None)
+            self._finish(None, _CLOSED)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _finish(self, exc: BaseException | None) -> None:
+    def session_ended(self, exc: BaseException | None) -> None:
+        """The session is over: the stream ends with it (closed, as hashicorp does)."""
+        self._finish(exc, _CLOSED)
+
+    def _finish(self, exc: BaseException | None, state: StreamState = _RESET) -> None:
         """Remove the stream for good and tell the protocol, exactly once."""
         if self._done:
             return
         self._done = True
+        self._state = state
         self._cancel_timer()
         self._recv.clear()
         self._send.clear()
         self._send_size = 0
-        self._session._stream_finished(self)
+        self._mux.stream_finished(self)
         if self._protocol is not None:
-            self._session._loop.call_soon(self._protocol.connection_lost, exc)
+            self._hooks.call_soon(self._protocol.connection_lost, exc)

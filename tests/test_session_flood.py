@@ -1,0 +1,159 @@
+"""One tenant must not hurt the others (issue 12): a peer that floods frames asking for
+replies (SYN then RST, again and again) and never reads what it is sent.
+
+The flooding peer is a raw socket on real loopback, with small kernel buffers on both ends
+so that "the peer does not read" shows up after a few kilobytes instead of megabytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from types import ModuleType
+
+from yamux_helpers import SessionPair, frame
+
+from ytun._const import FLAG_RST, FLAG_SYN, TYPE_WINDOW_UPDATE
+from ytun.errors import PeerNotReadingError
+from ytun.yamux import Config, Session
+
+# The largest chunk asyncio and uvloop hand to data_received in one call.
+READ_SIZE = 256 * 1024
+PAIRS_PER_WRITE = 2048
+
+
+def syn_rst_pairs(first_id: int, count: int) -> bytes:
+    """``count`` streams opened and reset at once, each costing the session one ACK."""
+    return b"".join(
+        frame(TYPE_WINDOW_UPDATE, FLAG_SYN, stream_id, 0)
+        + frame(TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0)
+        for stream_id in range(first_id, first_id + 2 * count, 2)
+    )
+
+
+class CountingSession(Session):
+    """Counts the reads it is given, to show when it stops reading the flood."""
+
+    reads = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.reads += 1
+        super().data_received(data)
+
+
+class Flood:
+    """A server session and a raw client that floods it and never reads."""
+
+    def __init__(self, codec: ModuleType, config: Config) -> None:
+        self.codec = codec
+        self.config = config
+        self.peak_held = 0  # transport buffer + control queue, sampled while flooding
+
+    async def __aenter__(self) -> Flood:
+        loop = asyncio.get_running_loop()
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        self._listener = listener
+        self.transport, self.session = await loop.create_connection(
+            lambda: CountingSession(client=False, config=self.config, codec=self.codec),
+            *listener.getsockname(),
+        )
+        self.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+        self.peer, _ = await loop.sock_accept(listener)
+        self.peer.setblocking(False)
+        self.task = loop.create_task(self._flood())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.task.cancel()
+        try:
+            await self.task
+        except (asyncio.CancelledError, OSError):
+            pass
+        self.session.abort()
+        self.peer.close()
+        self._listener.close()
+
+    def held(self) -> int:
+        if self.transport.is_closing():
+            return self.session.control_queue_bytes
+        return self.transport.get_write_buffer_size() + self.session.control_queue_bytes
+
+    async def _flood(self) -> None:
+        loop = asyncio.get_running_loop()
+        stream_id = 1
+        while True:
+            await loop.sock_sendall(self.peer, syn_rst_pairs(stream_id, PAIRS_PER_WRITE))
+            stream_id += 2 * PAIRS_PER_WRITE
+            self.peak_held = max(self.peak_held, self.held())
+            if stream_id > 0xFFFF0000:
+                return
+
+    def bound(self) -> int:
+        """What the session may hold: a full transport buffer, the replies to one read
+        flushed on top of it, and the control queue's own limit."""
+        return self.config.transport_write_high + READ_SIZE + self.config.max_control_queue
+
+
+async def wait_until(condition, what: str, timeout: float = 20) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.005)
+
+    try:
+        await asyncio.wait_for(poll(), timeout)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"never happened: {what}") from None
+
+
+async def test_flood_from_a_peer_that_never_reads_ends_in_go_away(codec):
+    config = Config(transport_write_high=16 * 1024, max_control_queue=24 * 1024)
+    async with Flood(codec, config) as flood:
+        await asyncio.wait_for(flood.session.wait_closed(), 20)
+        flood.peak_held = max(flood.peak_held, flood.held())
+        assert isinstance(flood.session.error.__cause__, PeerNotReadingError)
+        assert flood.transport.is_closing()
+        assert flood.session.control_queue_bytes == 0
+        assert flood.session.stream_count == 0
+        assert flood.peak_held <= flood.bound()
+
+
+async def test_flooded_session_stops_reading_and_other_sessions_keep_answering(codec):
+    config = Config(transport_write_high=16 * 1024, max_control_queue=512 * 1024)
+    async with SessionPair(codec=codec) as healthy, Flood(codec, config) as flood:
+        await wait_until(lambda: not flood.transport.is_reading(), "the flood paused reading")
+        reads = flood.session.reads
+        for _ in range(20):
+            await healthy.client.ping()
+            await healthy.server.ping()
+        # The healthy pings were answered while the flooded session read nothing more,
+        # held its replies within bounds and stayed up for its honest streams.
+        assert flood.session.reads == reads
+        assert not flood.session.is_closed
+        assert flood.session.control_queue_bytes <= config.max_control_queue
+        assert max(flood.peak_held, flood.held()) <= flood.bound()
+        assert not flood.task.done()  # the peer is still trying to flood
+
+
+async def test_reading_resumes_once_the_peer_reads_again(codec):
+    config = Config(transport_write_high=16 * 1024, max_control_queue=512 * 1024)
+    async with Flood(codec, config) as flood:
+        await wait_until(lambda: not flood.transport.is_reading(), "the flood paused reading")
+        flood.task.cancel()
+        loop = asyncio.get_running_loop()
+
+        async def drain() -> None:
+            while True:
+                if not await loop.sock_recv(flood.peer, 65536):
+                    return
+
+        reader = loop.create_task(drain())
+        await wait_until(flood.transport.is_reading, "reading resumed")
+        await wait_until(lambda: flood.session.control_queue_bytes == 0, "replies flushed")
+        assert not flood.session.is_closed
+        reader.cancel()
