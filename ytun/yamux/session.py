@@ -43,6 +43,10 @@ _WRITELINES_CHECKS_LIMITS = not (
 )
 
 
+#: Bytes one session parses before it lets the loop go round (one uvloop read is 256 KiB).
+_READ_BUDGET = 256 * 1024
+
+
 class Session(asyncio.Protocol):
     """One end of a yamux connection.
 
@@ -82,6 +86,9 @@ class Session(asyncio.Protocol):
         # We stopped reading a peer that does not read our replies (see _output_held).
         self._reading_paused = False
         self._control_pause = config.max_control_queue // 2
+        # Input parsed since reading last yielded to the loop (see data_received).
+        self._fed = 0
+        self._yielding = False
         # Callers waiting for an inbound stream, and for a free slot to open one.
         self._accept_waiters: deque[asyncio.Future[Stream]] = deque()
         self._unacked_waiters: deque[asyncio.Future[None]] = deque()
@@ -126,7 +133,8 @@ class Session(asyncio.Protocol):
         self._writing_paused = False
         if self._reading_paused and self._transport is not None:
             self._reading_paused = False
-            self._transport.resume_reading()
+            if not self._yielding:
+                self._transport.resume_reading()
         if self._mux.has_output:
             self._schedule_flush()
 
@@ -139,9 +147,26 @@ class Session(asyncio.Protocol):
             self._mux.feed(data)
         except ProtocolError as exc:
             self._fail(exc, exc.go_away_code)
+            return
         except Exception as exc:
             logger.exception("internal error in the yamux session")
             self._fail(exc, GO_AWAY_INTERNAL_ERROR)
+            return
+        # uvloop (libuv) reads a ready socket up to 32 times in one go: a peer that floods
+        # small frames would hold the loop for seconds, with every other session waiting.
+        # Past the budget, stop reading until the loop has gone round once.
+        self._fed += len(data)
+        if self._fed >= _READ_BUDGET and not self._yielding and self._transport is not None:
+            self._yielding = True
+            self._transport.pause_reading()
+            self._loop.call_soon(self._read_again)
+
+    def _read_again(self) -> None:
+        self._yielding = False
+        self._fed = 0
+        transport = self._transport
+        if transport is not None and not self._reading_paused and not transport.is_closing():
+            transport.resume_reading()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if self._transport is None:
