@@ -151,7 +151,7 @@ class Stream(asyncio.Transport):
         if self._recv or self._fin_received():
             self._schedule_delivery()
 
-    def get_protocol(self) -> asyncio.BaseProtocol:  # type: ignore[override]
+    def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol  # type: ignore[return-value]
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
