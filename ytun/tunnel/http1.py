@@ -35,12 +35,24 @@ class RequestHead:
         "content_length",
         "chunked",
         "identifier",
+        "host_count",
+        "transfer_codings",
+        "absolute_host",
     )
 
     def __init__(self) -> None:
+        self.method = b""
+        self.version = "1.1"
+        self.keep_alive = True
+        self.upgrade = False
         self.host = b""
+        self.host_count = 0
         self.content_length: int | None = None
         self.chunked = False
+        # every coding of every Transfer-Encoding field, in order; None without the field
+        self.transfer_codings: list[bytes] | None = None
+        # the authority of an absolute-form target (``GET http://host/ HTTP/1.1``)
+        self.absolute_host: bytes | None = None
         self.websocket = False
         self.identifier = b""
         self.target = b""
@@ -69,10 +81,15 @@ class _HeadCollector:
         head = self.head
         if name == b"host":
             head.host = value.strip()
+            head.host_count += 1
         elif name == b"content-length":
             head.content_length = int(value)
         elif name == b"transfer-encoding":
             head.chunked = value.strip().lower().endswith(b"chunked")
+            codings = head.transfer_codings
+            if codings is None:
+                codings = head.transfer_codings = []
+            codings.extend(token.strip().lower() for token in value.split(b","))
         elif name == b"upgrade":
             head.websocket = b"websocket" in value.lower()
         elif name == b"x-ktunnel-identifier":
