@@ -292,8 +292,10 @@ def test_tcp_flags_tunnel_a_tcp_echo(ytun_cli, tcp_echo):
 
 
 def test_client_stops_promptly_while_it_cannot_reach_the_server(ytun_cli):
-    client = ytun_cli("client", "--server", f"127.0.0.1:{free_port()}", "--identifier", SECRET)
-    client.wait_for(client.stderr, "tunnel connection failed")
+    port = free_port()
+    client = ytun_cli("client", "--server", f"127.0.0.1:{port}", "--identifier", SECRET)
+    client.wait_for(client.stderr, f"cannot reach the server at 127.0.0.1:{port}")
+    client.wait_for(client.stderr, "; retrying in ")
     code, took = client.stop(signal.SIGTERM)
     assert (code, took < STOP) == (0, True)
     assert SECRET not in client.output()

@@ -19,10 +19,10 @@ from ytun import (
     ClientState,
     ClientStateChange,
     ExponentialBackoff,
+    IdentifierRefusedError,
     RedialAbortedError,
     Server,
     ServerState,
-    TunnelError,
 )
 from ytun.tunnel import client as client_module
 from ytun.tunnel import koding as proto
@@ -118,27 +118,28 @@ async def test_client_states_through_the_async_iterator():
         assert pairs(seen) == [(U, S), (S, C), (C, OK), (OK, D), (D, X)]
 
 
-async def test_server_states_and_callbacks():
+async def test_server_states_through_the_listener_and_the_async_iterator():
     server_changes = []
-    events: list[str] = []
-    tunnel = Tunnel(server=Server(on_state_change=server_changes.append))
-    tunnel.server.on_connect(tunnel.identifier, lambda: events.append("connect"))
-    tunnel.server.on_disconnect(tunnel.identifier, lambda: events.append("disconnect"))
+    server = Server(on_state_change=server_changes.append)
+    iterated = server.state_changes()  # listening from here, before any iteration
+    tunnel = Tunnel(server=server)
     async with tunnel:
-        assert events == ["connect"]
         assert [(c.previous, c.current) for c in server_changes] == [
             (ServerState.UNKNOWN, ServerState.CONNECTED)
         ]
         assert server_changes[0].label == tunnel.host
         await tunnel.client.close(grace=1)
         await asyncio.wait_for(tunnel.client_task, TIMEOUT)
-        await wait_for_condition(lambda: events == ["connect", "disconnect"])
+        await wait_for_condition(lambda: len(server_changes) == 2)
         assert [(c.previous, c.current) for c in server_changes] == [
             (ServerState.UNKNOWN, ServerState.CONNECTED),
             (ServerState.CONNECTED, ServerState.CLOSED),
         ]
         assert all(c.label == tunnel.host for c in server_changes)
         assert tunnel.identifier not in repr(server_changes)
+        seen = [await asyncio.wait_for(anext(iterated), TIMEOUT) for _ in range(2)]
+        assert seen == server_changes
+        await iterated.aclose()
 
 
 async def test_server_clients_lists_the_host_label_never_the_identifier():
@@ -193,9 +194,8 @@ async def test_no_host_gives_up(backoff):
         assert client.state is X
         assert pairs(changes) == [(U, S), (S, C), (C, C), (C, X)]
         refused = changes[2].error
-        assert isinstance(refused, TunnelError)
-        assert "status=502" in str(refused)
-        assert "no host associated for identifier" in str(refused)
+        assert isinstance(refused, IdentifierRefusedError)
+        assert str(refused) == "the server does not know this identifier"
         assert "UNKNOWN-SECRET" not in str(refused)
         assert isinstance(changes[-1].error, RedialAbortedError)
         assert [(c.previous, c.current) for c in server_changes] == [
@@ -217,6 +217,7 @@ async def test_unreachable_server_with_a_limited_backoff():
     await asyncio.wait_for(client.start(), TIMEOUT)
     assert pairs(changes) == [(U, S), (S, C), (C, C), (C, C), (C, C), (C, C), (C, X)]
     assert all(isinstance(c.error, OSError) for c in changes[2:6])
+    assert all("cannot reach the server at 127.0.0.1:" in str(c.error) for c in changes[2:6])
     assert isinstance(changes[-1].error, RedialAbortedError)
 
 
@@ -226,11 +227,15 @@ async def test_unreachable_server_with_a_limited_backoff():
 async def test_reconnects_after_the_server_drops_the_session():
     changes: list[ClientStateChange] = []
     connects: list[int] = []
-    tunnel = Tunnel(client_kwargs={"on_state_change": changes.append})
-    tunnel.server.on_connect(tunnel.identifier, lambda: connects.append(1))
+    server = Server(
+        on_state_change=lambda change: (
+            connects.append(1) if change.current is ServerState.CONNECTED else None
+        )
+    )
+    tunnel = Tunnel(server=server, client_kwargs={"on_state_change": changes.append})
     async with tunnel:
         assert await get_echo(tunnel, "before") == "before"
-        tunnel.server._links[tunnel.identifier].session.abort()
+        tunnel.server.link_for(tunnel.identifier).session.abort()
         await wait_for_condition(lambda: len(connects) == 2 and changes[-1].current is OK)
         assert pairs(changes) == [(U, S), (S, C), (C, OK), (OK, D), (D, C), (C, OK)]
         assert changes[3].error is not None
@@ -284,7 +289,7 @@ async def test_fetch_callables_are_asked_on_every_attempt(kind):
             await client.wait_connected(TIMEOUT)
             assert asked == {"addr": 3, "id": 3}
             await wait_for_condition(lambda: server.is_connected("FETCHED-ID"))
-            server._links["FETCHED-ID"].session.abort()  # one more attempt
+            server.link_for("FETCHED-ID").session.abort()  # one more attempt
             await wait_for_condition(lambda: asked == {"addr": 4, "id": 4} and client.state is OK)
         finally:
             await client.close(grace=1)

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from tunnel_helpers import Tunnel
 
-from ytun import Server
+from ytun import Client, Server
 
 TIMEOUT = 10
 
@@ -555,3 +555,30 @@ async def test_twenty_mebibytes_both_ways():
             writer.close()
         assert public_got == (size, hashlib.sha256(down).hexdigest())
         assert await asyncio.wait_for(local_got, TIMEOUT) == (size, hashlib.sha256(up).hexdigest())
+
+
+async def test_a_client_with_only_tcp_routes_is_accepted():
+    """No virtual host uses the identifier, only a TCP route: the client may connect
+    (koding/tunnel's server refuses it; its client works either way)."""
+    changes = []
+    server = Server(on_state_change=changes.append)
+    listener = await server.serve("127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    async with LocalServer(echo_handler(b"tcp-only:")) as local:
+        _, public_port = await server.add_addr("127.0.0.1:0", "TCP-ONLY-SECRET")
+        client = Client(
+            f"127.0.0.1:{port}",
+            "TCP-ONLY-SECRET",
+            tcp_local={public_port: local.addr},
+            exit_on_refused=True,
+        )
+        task = asyncio.ensure_future(client.start())
+        try:
+            await client.wait_connected(timeout=TIMEOUT)
+            assert await exchange(public_port, b"hello") == b"tcp-only:hello\n"
+            assert [c.label for c in changes] == [f"tcp:{public_port}"]
+            assert "TCP-ONLY-SECRET" not in repr(changes)
+        finally:
+            await client.close(grace=1)
+            await asyncio.wait_for(task, TIMEOUT)
+            await server.close(grace=0)

@@ -7,6 +7,7 @@ The tunnel is here; the multiplexer it runs on (``Session``, ``Stream``, ``Confi
 from ._version import __version__
 from .errors import (
     GoAwayError,
+    IdentifierRefusedError,
     KeepaliveTimeoutError,
     ProtocolError,
     RedialAbortedError,
@@ -38,6 +39,7 @@ __all__ = [
     "ClientStateChange",
     "ExponentialBackoff",
     "GoAwayError",
+    "IdentifierRefusedError",
     "KeepaliveTimeoutError",
     "MemoryRegistry",
     "ProtocolError",

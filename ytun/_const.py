@@ -23,3 +23,7 @@ GO_AWAY_INTERNAL_ERROR = 2
 # Every stream starts with this window in both directions (hashicorp/yamux).
 INITIAL_WINDOW = 256 * 1024
 MAX_WINDOW = 0xFFFFFFFF
+
+# Largest Data payload accepted in one frame unless configured otherwise; more is a
+# protocol error (a bound on what one peer can make us buffer).
+DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024

@@ -11,13 +11,12 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
+from ytun._const import DEFAULT_MAX_PAYLOAD
 from ytun._const import INITIAL_WINDOW as _INITIAL_WINDOW_PY
 from ytun.errors import ProtocolError
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "FlowWindow", "FrameParser", "decode_header", "encode_frame",
            "encode_header"]
-
-DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 
 cdef enum:
     HEADER_SIZE = 12

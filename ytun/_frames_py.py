@@ -10,6 +10,7 @@ import struct
 from typing import Any
 
 from ._const import (
+    DEFAULT_MAX_PAYLOAD,
     HEADER_SIZE,
     INITIAL_WINDOW,
     MAX_WINDOW,
@@ -29,8 +30,6 @@ __all__ = [
     "encode_frame",
     "encode_header",
 ]
-
-DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 
 _HEADER = struct.Struct(">BBHII")
 _pack_header = _HEADER.pack

@@ -10,11 +10,13 @@ import secrets
 import signal
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from .demo import start_demo_app
 from .tunnel import Client, Server
 from .tunnel.addr import split_host_port
+from .tunnel.limits import raise_fd_limit
 
 logger = logging.getLogger("ytun")
 
@@ -60,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--tls-cert", help="certificate chain (PEM) for TLS on --listen")
     server.add_argument("--tls-key", help="private key (PEM) for --tls-cert")
     server.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="connections held at once; more are answered 503 "
+        "(default: the descriptor limit, raised to its maximum at start, less 64)",
+    )
+    server.add_argument(
         "--no-forwarded-headers",
         action="store_true",
         help="do not add X-Forwarded-For/-Proto/-Host",
@@ -94,7 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run_server(args: argparse.Namespace, ready: Callable[[str], None]) -> Server:
-    server = Server(forwarded_headers=not args.no_forwarded_headers)
+    before, after = raise_fd_limit()
+    if after != before:
+        logger.debug("descriptor limit raised from %d to %d", before, after)
+    if args.max_connections is not None and args.max_connections <= 0:
+        raise UsageError("--max-connections must be positive")
+    server = Server(
+        forwarded_headers=not args.no_forwarded_headers, max_connections=args.max_connections
+    )
     for value in args.host:
         host, identifier = _mapping(value, "--host")
         server.add_host(host, identifier)
@@ -155,7 +171,6 @@ async def main_async(args: argparse.Namespace) -> None:
 
     async def client_main(stop: asyncio.Event) -> None:
         client = make_client(args)
-        client.add_state_listener(lambda change: logger.debug("client %s", change))
         task = asyncio.ensure_future(client.start())
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -185,6 +200,16 @@ async def main_async(args: argparse.Namespace) -> None:
     await _until_signal(work)
 
 
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed, else on the stock asyncio loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -193,13 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        runner(main_async(args))
+        _run(main_async(args))
     except UsageError as exc:
         print(f"ytun {args.command}: {exc}", file=sys.stderr)
         return 2

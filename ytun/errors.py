@@ -56,3 +56,7 @@ class TunnelError(YtunError):
 
 class RedialAbortedError(TunnelError):
     """The backoff policy gave up reconnecting."""
+
+
+class IdentifierRefusedError(TunnelError):
+    """The server does not know this client's identifier (no host or TCP route uses it)."""

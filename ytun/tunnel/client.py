@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import inspect
 import logging
 import random
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import (
+    IdentifierRefusedError,
     RedialAbortedError,
     SessionClosedError,
     StreamLimitError,
@@ -25,7 +27,7 @@ from ..yamux import Config, Session
 from . import koding
 from .addr import parse_addr
 from .http1 import find_head_end
-from .splice import Pipe, PipeEnd
+from .splice import CloseAtOnce, Pipe, PipeEnd
 
 logger = logging.getLogger("ytun.client")
 
@@ -120,13 +122,14 @@ class Client:
         yamux_config: Config | None = None,
         on_state_change: Callable[[ClientStateChange], None] | None = None,
         dial_timeout: float = koding.CONTROL_TIMEOUT,
+        exit_on_refused: bool = False,
     ) -> None:
         if not server_addr and fetch_server_addr is None:
             raise ValueError("neither server_addr nor fetch_server_addr is set")
         if not identifier and fetch_identifier is None:
             raise ValueError("neither identifier nor fetch_identifier is set")
-        self._fetch_server_addr = fetch_server_addr or (lambda: server_addr)
-        self._fetch_identifier = fetch_identifier or (lambda: identifier)
+        self._fetch_server_addr: StringSource = fetch_server_addr or (lambda: server_addr or "")
+        self._fetch_identifier: StringSource = fetch_identifier or (lambda: identifier or "")
         self.local_addr = local_addr
         self.tcp_local = dict(tcp_local or {})
         self.fetch_local_addr = fetch_local_addr
@@ -134,9 +137,9 @@ class Client:
         self.backoff: Backoff = backoff or ExponentialBackoff()
         self.yamux_config = yamux_config
         self.dial_timeout = dial_timeout
-        self._listeners: list[Callable[[ClientStateChange], None]] = []
-        if on_state_change is not None:
-            self._listeners.append(on_state_change)
+        #: Stop (instead of retrying) when the server does not know the identifier.
+        self.exit_on_refused = exit_on_refused
+        self._listener = on_state_change
         self._queues: list[asyncio.Queue[ClientStateChange]] = []
         self.state = ClientState.UNKNOWN
         self._session: Session | None = None
@@ -148,9 +151,6 @@ class Client:
         self._idle: asyncio.Event | None = None
 
     # -- state ---------------------------------------------------------------------------
-
-    def add_state_listener(self, callback: Callable[[ClientStateChange], None]) -> None:
-        self._listeners.append(callback)
 
     def state_changes(self) -> AsyncIterator[ClientStateChange]:
         """Every state change from this call on, until the client is closed."""
@@ -174,9 +174,9 @@ class Client:
         change = ClientStateChange(self.state, state, error)
         self.state = state
         logger.debug("client state %s", change)
-        for callback in list(self._listeners):
+        if self._listener is not None:
             try:
-                callback(change)
+                self._listener(change)
             except Exception:
                 logger.exception("client state listener failed")
         for queue in self._queues:
@@ -198,6 +198,7 @@ class Client:
         self._set_state(ClientState.STARTED)
         self.backoff.reset()
         error: BaseException | None = None
+        reason = ""
         first = True
         while not self._closing:
             self._set_state(ClientState.CONNECTING, error)
@@ -209,16 +210,23 @@ class Client:
                         RedialAbortedError("unable to restore the connection, aborting"),
                     )
                     return
+                logger.warning("%s; retrying in %.1f s", reason, delay)
                 await self._sleep(delay)
                 if self._closing:
                     break
             first = False
             try:
                 error = await self._run_once()
+                reason = f"tunnel disconnected: {error}"
+            except IdentifierRefusedError as exc:
+                error = exc
+                reason = str(exc)
+                if self.exit_on_refused:
+                    logger.error("%s; not retrying", exc)
+                    break
             except (OSError, asyncio.TimeoutError, YtunError, ValueError) as exc:
                 error = exc
-                if not self._closing:
-                    logger.warning("tunnel connection failed: %s", exc or type(exc).__name__)
+                reason = _describe(exc)
         self._set_state(ClientState.CLOSED, error)
 
     async def _sleep(self, delay: float) -> None:
@@ -240,16 +248,25 @@ class Client:
             raise TunnelError("empty identifier or server address")
         host, port = parse_addr(server_addr, 443 if self.ssl else 80)
         loop = asyncio.get_running_loop()
-        transport, handshake = await asyncio.wait_for(
-            loop.create_connection(
-                lambda: _ConnectHandshake(identifier),
-                host,
-                port,
-                ssl=self.ssl,
-                server_hostname=host if self.ssl else None,
-            ),
-            self.dial_timeout,
-        )
+        try:
+            transport, handshake = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _ConnectHandshake(identifier),
+                    host,
+                    port,
+                    ssl=self.ssl,
+                    server_hostname=host if self.ssl else None,
+                ),
+                self.dial_timeout,
+            )
+        except asyncio.TimeoutError:
+            raise TimeoutError(
+                f"no answer from the server at {host}:{port} within {self.dial_timeout} s"
+            ) from None
+        except OSError as exc:  # the same type, with the address that was tried
+            raise OSError(
+                exc.errno, f"cannot reach the server at {host}:{port}: {exc.strerror or exc}"
+            ) from exc
         self._dialing = transport  # close() aborts it
         try:
             if self._closing:
@@ -270,7 +287,7 @@ class Client:
             session.abort()
             self._session = None
             raise
-        logger.info("tunnel connected to %s", server_addr)
+        logger.info("tunnel connected to %s; %s", server_addr, self._describe_routes())
         self.backoff.reset()
         self._set_state(ClientState.CONNECTED)
         assert self._connected is not None
@@ -278,10 +295,8 @@ class Client:
         await session.wait_closed()
         self._connected.clear()
         self._session = None
-        error = control.error or session._error
+        error = control.error or session.error
         self._set_state(ClientState.DISCONNECTED, error)
-        if not self._closing:
-            logger.warning("tunnel disconnected: %s", error)
         return error
 
     async def close(self, grace: float = koding.CONTROL_TIMEOUT) -> None:
@@ -312,7 +327,13 @@ class Client:
         logger.error(
             "server asked for unknown transport protocol %d; closing the stream", message.protocol
         )
-        return _Refuser()
+        return CloseAtOnce()
+
+    def _describe_routes(self) -> str:
+        http = self.local_addr or "127.0.0.1:<port of the public Host>"
+        routes = [f"HTTP and WebSocket -> {http}"]
+        routes += [f"TCP {port} -> {address}" for port, address in sorted(self.tcp_local.items())]
+        return ", ".join(routes)
 
     async def _local_address(self, message: koding.ControlMessage) -> tuple[str, int]:
         port = message.local_port
@@ -358,6 +379,10 @@ class _ConnectHandshake(asyncio.Protocol):
         status = head.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
         if status.partition(" ")[2] == koding.CONNECTED_STATUS:
             self.done.set_result(extra)
+        elif extra.startswith(koding.REFUSED_BODY):
+            self.done.set_exception(
+                IdentifierRefusedError("the server does not know this identifier")
+            )
         else:
             body = extra.decode("utf-8", "replace").strip()
             self.done.set_exception(
@@ -417,7 +442,7 @@ class _ClientControl(asyncio.Protocol):
             message = self._backlog[0]
             try:
                 self._session.open_stream_nowait(
-                    lambda message=message: self._client._stream_protocol(message)
+                    functools.partial(self._client._stream_protocol, message)
                 )
             except StreamLimitError:
                 self._opener = asyncio.get_running_loop().create_task(self._open_later())
@@ -458,13 +483,6 @@ class _ClientControl(asyncio.Protocol):
         self._session.close()
 
 
-class _Refuser(asyncio.Protocol):
-    """Takes a stream for an unknown protocol (keeping the server's FIFO in step) and ends it."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()
-
-
 class _LocalDialer(PipeEnd):
     """Stream side of a pipe that dials the local service when the stream opens."""
 
@@ -483,8 +501,10 @@ class _LocalDialer(PipeEnd):
 
     async def _dial(self, stream: Any) -> None:
         client = self._client
+        target = f"the address for port {self._message.local_port}"
         try:
             host, port = await client._local_address(self._message)
+            target = f"{host}:{port}"
             await asyncio.wait_for(
                 asyncio.get_running_loop().create_connection(
                     lambda: self._pipe.sides[1], host, port
@@ -493,7 +513,9 @@ class _LocalDialer(PipeEnd):
             )
         except Exception as exc:  # also whatever a user's fetch_local_addr raises
             logger.error(
-                "dialing the local service for port %d failed: %s", self._message.local_port, exc
+                "dialing the local service at %s failed: %s",
+                target,
+                (exc.strerror or exc) if isinstance(exc, OSError) else exc or type(exc).__name__,
             )
             if stream.is_closing():
                 return
@@ -511,3 +533,11 @@ class _LocalDialer(PipeEnd):
 def _log_unexpected(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         logger.error("local dial failed", exc_info=task.exception())
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, YtunError):
+        return str(error)
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return f"tunnel connection failed: {error or type(error).__name__}"

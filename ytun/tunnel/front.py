@@ -12,7 +12,7 @@ import asyncio
 import logging
 import posixpath
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from . import koding
 from .addr import split_host_port
@@ -28,7 +28,33 @@ from .http1 import (
 )
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .links import StreamRequester
+
+
+class Link(Protocol):
+    """A connected client, as the public side sees it."""
+
+    def request_stream(self, kind: int, port: int, protocol: StreamRequester) -> None: ...
+
+
+class Gateway(Protocol):
+    """The public side's narrow port to the server: nothing else of it is used here."""
+
+    forwarded_headers: bool
+    max_head_size: int
+
+    def lookup_host(self, host: str) -> str | None: ...
+
+    def link_for(self, identifier: str) -> Link | None: ...
+
+    def control_connect(
+        self, public: PublicProtocol, head: RequestHead, extra: bytes
+    ) -> bytes | None: ...
+
+    def opened(self, public: PublicProtocol) -> None: ...
+
+    def closed(self, public: PublicProtocol) -> None: ...
+
 
 logger = logging.getLogger("ytun.server")
 access_log = logging.getLogger("ytun.access")
@@ -45,8 +71,8 @@ def is_control_path(target: bytes) -> bool:
 class PublicProtocol(asyncio.Protocol):
     """One public connection on the server's listener."""
 
-    def __init__(self, server: Server) -> None:
-        self._server = server
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
         self._transport: asyncio.Transport | None = None
         self._pending = b""
         self._state = _HEAD
@@ -58,16 +84,15 @@ class PublicProtocol(asyncio.Protocol):
         self._pause_reasons: set[str] = set()
         self._writing_paused = False
         self._forwarded = b""
-        self.active = True  # data arrived since the last idle sweep
-        self.quiet_sweeps = 0
+        self.activity = 0  # reads so far, for the idle policy
         self._eof = False  # the client half-closed: close once every answer is out
 
     # -- connection ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self._server._public_connection_made(self)
-        if self._server.forwarded_headers:
+        self._gateway.opened(self)
+        if self._gateway.forwarded_headers:
             peer = transport.get_extra_info("peername")
             scheme = b"https" if transport.get_extra_info("sslcontext") else b"http"
             address = peer[0].encode() if isinstance(peer, tuple) else b""
@@ -82,7 +107,7 @@ class PublicProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _CLOSED
         self._transport = None
-        self._server._public_connections.discard(self)
+        self._gateway.closed(self)
         tunnel = self._tunnel
         if tunnel is not None:
             self._tunnel = None
@@ -121,14 +146,26 @@ class PublicProtocol(asyncio.Protocol):
     def transport(self) -> asyncio.Transport | None:
         return self._transport
 
-    def control_refused(self, response: bytes, extra: bytes) -> None:
-        """The CONNECT got an HTTP error instead of a tunnel: read requests again."""
-        if self._transport is None:
-            return
-        self._transport.write(response)
+    @property
+    def peer(self) -> str:
+        """The client's IP address, for the access log."""
+        peer = self._transport.get_extra_info("peername") if self._transport else None
+        return peer[0] if isinstance(peer, tuple) else "-"
+
+    @property
+    def max_head_size(self) -> int:
+        return self._gateway.max_head_size
+
+    def _hand_to_control(self, head: RequestHead, extra: bytes) -> bool:
+        """Offer a CONNECT to the server: True once a client owns the connection; False
+        if it was refused and answered, and requests are read again."""
+        answer = self._gateway.control_connect(self, head, extra)
+        if answer is None:
+            return True
         self._state = _HEAD
-        if extra:
-            self._process(extra)
+        if self._transport is not None:
+            self._transport.write(answer)
+        return False
 
     @property
     def idle(self) -> bool:
@@ -143,7 +180,7 @@ class PublicProtocol(asyncio.Protocol):
     # -- requests ------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self.active = True
+        self.activity += 1
         if self._pending:
             data = self._pending + data
             self._pending = b""
@@ -169,8 +206,8 @@ class PublicProtocol(asyncio.Protocol):
                 if self._last_request:
                     return  # the client said this was its last request
                 head_end = data.find(b"\r\n\r\n", pos)
-                if head_end < 0 or head_end + 4 - pos > self._server.max_head_size:
-                    if head_end < 0 and end - pos <= self._server.max_head_size:
+                if head_end < 0 or head_end + 4 - pos > self._gateway.max_head_size:
+                    if head_end < 0 and end - pos <= self._gateway.max_head_size:
                         self._pending = data[pos:]
                     else:
                         self._fail(431, "request header too large")
@@ -188,8 +225,7 @@ class PublicProtocol(asyncio.Protocol):
                     self._pending = data[pos:]
                     self.pause("wait")
                     return
-                if self._state == _CONTROL:
-                    self._server._take_over_control(self, head, data[pos:])
+                if self._state == _CONTROL and self._hand_to_control(head, data[pos:]):
                     return
             elif state == _WAIT:
                 self._pending = data[pos:]
@@ -202,7 +238,7 @@ class PublicProtocol(asyncio.Protocol):
         if not head.host:
             return None, 502, "request host is empty"
         host = head.host.decode("latin-1").lower()
-        identifier = self._server.registry.lookup_host(host)
+        identifier = self._gateway.lookup_host(host)
         if identifier is None:
             return None, 502, f"no virtual host available for {go_quote(host)}"
         return identifier, koding.WS if head.websocket else koding.HTTP, split_host_port(host)[1]
@@ -233,8 +269,8 @@ class PublicProtocol(asyncio.Protocol):
             tunnel.finish()
             self._tunnel = tunnel = None
         if tunnel is None:
-            link = self._server._links.get(identifier)
-            if link is None or not link.connected:
+            link = self._gateway.link_for(identifier)
+            if link is None:
                 self._answer(head, 502, "no client session established")
                 return True
             tunnel = Tunnel(self, key)
@@ -266,7 +302,7 @@ class PublicProtocol(asyncio.Protocol):
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 '%s "%s %s" %d',
-                self._peer(),
+                self.peer,
                 head.method.decode("latin-1"),
                 head.target.decode("latin-1"),
                 status,
@@ -299,10 +335,6 @@ class PublicProtocol(asyncio.Protocol):
         transport.write(error_response(status, message, close=True))
         transport.close()
 
-    def _peer(self) -> str:
-        peer = self._transport.get_extra_info("peername") if self._transport else None
-        return peer[0] if isinstance(peer, tuple) else "-"
-
     # -- events from the tunnel ----------------------------------------------------------
 
     def client_leaving(self, identifier: str) -> None:
@@ -331,8 +363,9 @@ class PublicProtocol(asyncio.Protocol):
         self._start_request(head, raw)
         if self._state == _CONTROL:
             pending, self._pending = self._pending, b""
-            self._server._take_over_control(self, head, pending)
-            return
+            if self._hand_to_control(head, pending):
+                return
+            self._pending = pending
         self.resume("wait")
         if self._pending:
             pending, self._pending = self._pending, b""
@@ -455,7 +488,7 @@ class Tunnel(asyncio.Protocol):
         self._public.resume("tunnel")
 
     def data_received(self, data: bytes) -> None:
-        public = self._public._transport
+        public = self._public.transport
         if public is None:
             return
         public.write(data)
@@ -476,7 +509,7 @@ class Tunnel(asyncio.Protocol):
             buffered = self._head + chunk if self._head else chunk
             head_end = find_head_end(buffered)
             if head_end < 0:
-                if len(buffered) > self._public._server.max_head_size:
+                if len(buffered) > self._public.max_head_size:
                     self._broken()
                     return
                 self._head = buffered
@@ -498,7 +531,7 @@ class Tunnel(asyncio.Protocol):
         if access_log.isEnabledFor(logging.INFO) and not 100 <= status < 200:
             access_log.info(
                 '%s "%s %s" %d %s',
-                self._public._peer(),
+                self._public.peer,
                 request.method.decode("latin-1"),
                 request.target.decode("latin-1"),
                 status,
@@ -542,7 +575,7 @@ class Tunnel(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         if self._raw:
-            public = self._public._transport
+            public = self._public.transport
             if public is not None and public.can_write_eof():
                 public.write_eof()
             return True
@@ -566,16 +599,3 @@ class Tunnel(asyncio.Protocol):
             self._public.tunnel_closed(self, 0, None)  # cut short: a clean close says so
         else:
             self._public.tunnel_closed(self, 502, "read from tunnel: unexpected EOF")
-
-
-class _Closer(asyncio.Protocol):
-    """Closes a stream nobody is waiting for (its request timed out or went away)."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        pass
-
-
-STRAY = _Closer

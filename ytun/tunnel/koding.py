@@ -11,6 +11,9 @@ IDENTIFIER_HEADER = "X-Ktunnel-Identifier"
 CONNECTED_STATUS = "200 Connected to Tunnel"
 #: Bare LF and no headers, exactly as the Go server writes it.
 CONNECTED_RESPONSE = b"HTTP/1.1 200 Connected to Tunnel\n\n"
+#: The body the Go server sends when no host uses the identifier (its client only reads
+#: the status line; ours tells a refused identifier from other failures by it).
+REFUSED_BODY = b"no host associated for identifier"
 HANDSHAKE_REQUEST = b"controlHandshake"
 HANDSHAKE_RESPONSE = b"controlOk"
 
@@ -18,7 +21,6 @@ ACTION_REQUEST_CLIENT_SESSION = 1
 HTTP = 1
 TCP = 2
 WS = 3
-PROTOCOL_NAMES = {HTTP: "http", TCP: "tcp", WS: "websocket"}
 
 #: koding/tunnel's own timers (server waiting for streams, client dialling its local side).
 CONTROL_TIMEOUT = 10.0
@@ -37,7 +39,11 @@ def connect_request(host: str, identifier: str) -> bytes:
 
 def control_message(protocol: int, local_port: int) -> bytes:
     """One server → client ControlMessage, as Go's json.Encoder writes it."""
-    return b'{"action":1,"transportProtocol":%d,"localPort":%d}\n' % (protocol, local_port)
+    return b'{"action":%d,"transportProtocol":%d,"localPort":%d}\n' % (
+        ACTION_REQUEST_CLIENT_SESSION,
+        protocol,
+        local_port,
+    )
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ The server talks to a :class:`Registry` only through these methods, so a shared 
 from __future__ import annotations
 
 import abc
+import hmac
 
 from .addr import split_host_port
 
@@ -27,6 +28,11 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def has_host(self, identifier: str) -> bool:
         """True if at least one virtual host maps to ``identifier`` (needed to connect)."""
+
+    @abc.abstractmethod
+    def knows(self, identifier: str) -> bool:
+        """True if a virtual host or a TCP route uses ``identifier`` (so it may connect).
+        Implementations compare in constant time: identifiers are secrets."""
 
     @abc.abstractmethod
     def label(self, identifier: str) -> str:
@@ -70,10 +76,25 @@ class MemoryRegistry(Registry):
     def has_host(self, identifier: str) -> bool:
         return identifier in self._hosts.values()
 
+    def knows(self, identifier: str) -> bool:
+        wanted = identifier.encode()
+        owners = {*self._hosts.values(), *self._ports.values(), *self._ips.values()}
+        # Every owner is compared, each in constant time: no early exit to time.
+        found = False
+        for owner in owners:
+            found |= hmac.compare_digest(wanted, owner.encode())
+        return found
+
     def label(self, identifier: str) -> str:
         for host, owner in self._hosts.items():
             if owner == identifier:
                 return host
+        for port, owner in self._ports.items():
+            if owner == identifier:
+                return f"tcp:{port}"
+        for ip, owner in self._ips.items():
+            if owner == identifier:
+                return f"tcp:{ip}"
         return "<unregistered client>"
 
     def add_addr(self, port: int, identifier: str, ip: str | None = None) -> None:

@@ -1,4 +1,5 @@
-"""Join two transports (a tunnel stream and a socket) into one byte pipe.
+"""Protocols for tunnel streams: a byte pipe joining two transports (a tunnel stream and a
+socket), and one that ends a stream nobody wants.
 
 Bytes are passed on as they arrive; EOF on one side becomes a half-close (FIN) on the
 other; a side that cannot keep up pauses reading on the other. Both sides are closed once
@@ -28,10 +29,6 @@ class Pipe:
         self._early: list[bytes] = []
         self.sides = (PipeEnd(self, 0), PipeEnd(self, 1))
 
-    @property
-    def transports(self) -> list[asyncio.Transport | None]:
-        return self._transports
-
     def _made(self, side: int, transport: asyncio.Transport) -> None:
         self._transports[side] = transport
         other = self._transports[1 - side]
@@ -42,10 +39,7 @@ class Pipe:
             transport.writelines(self._early)
             self._early.clear()
         if self._eof[1 - side]:  # the first side's EOF came before this side existed
-            if transport.can_write_eof():
-                transport.write_eof()
-            else:
-                transport.close()
+            _end_writing(transport)
         if other is None:  # the first side is already gone: pass on its end
             transport.close()
         elif not other.is_closing():
@@ -65,10 +59,7 @@ class Pipe:
         self._eof[side] = True
         other = self._transports[1 - side]
         if other is not None and not other.is_closing():
-            if other.can_write_eof():
-                other.write_eof()
-            else:
-                other.close()
+            _end_writing(other)
         if all(self._eof):
             self.close()
 
@@ -102,6 +93,19 @@ class Pipe:
                 transport.abort()
 
 
+def _end_writing(transport: asyncio.Transport) -> None:
+    """Half-close ``transport`` (FIN), or close it where half-close does not exist."""
+    try:
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
+    except OSError:
+        # The stock loop's write_eof() calls shutdown(), which fails (ENOTCONN) once the
+        # peer has reset the connection before the loop noticed: nothing is left to end.
+        transport.abort()
+
+
 class PipeEnd(asyncio.Protocol):
     """The protocol on one side of a :class:`Pipe`."""
 
@@ -129,3 +133,14 @@ class PipeEnd(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._pipe._pause(self._side, False)
+
+
+class CloseAtOnce(asyncio.Protocol):
+    """Ends a stream nobody wants: a request that timed out, an unknown protocol number.
+    Taking the stream at all keeps the FIFO matching of streams to requests in step."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        pass  # whatever is still in flight is dropped

@@ -147,6 +147,11 @@ class Session(asyncio.Protocol):
         return self._error is not None
 
     @property
+    def error(self) -> BaseException | None:
+        """Why the session ended (a :class:`SessionClosedError`), or None while it runs."""
+        return self._error
+
+    @property
     def stream_count(self) -> int:
         return len(self._streams)
 

@@ -1,0 +1,109 @@
+"""Raw TCP tunnels on the server: listeners whose connections are piped to a client."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Callable
+
+from . import koding
+from .addr import split_host_port
+from .links import ClientLink
+from .registry import Registry
+from .splice import Pipe, PipeEnd
+
+logger = logging.getLogger("ytun.server")
+
+LinkLookup = Callable[[str], "ClientLink | None"]
+
+
+class TcpListeners:
+    """The server's TCP tunnel listeners, one per port; routes live in the registry."""
+
+    def __init__(self, registry: Registry, link_for: LinkLookup) -> None:
+        self._registry = registry
+        self._link_for = link_for
+        self._listeners: dict[int, asyncio.Server] = {}
+
+    async def add(
+        self, address: str | socket.socket, identifier: str, ip: str | None
+    ) -> tuple[str, int]:
+        """Listen on ``address`` (once per port) and route it; returns the bound address."""
+        loop = asyncio.get_running_loop()
+        if isinstance(address, socket.socket):
+            sock_name = address.getsockname()
+        else:
+            sock_name = split_host_port(address)
+        port = sock_name[1]
+        existing = self._listeners.get(port) if port else None
+        if existing is not None:  # only the same listener again (e.g. for another ip route)
+            bound = [sock.getsockname()[0] for sock in existing.sockets]
+            same = (
+                [sock.fileno() for sock in existing.sockets] == [address.fileno()]
+                if isinstance(address, socket.socket)
+                else sock_name[0] in bound
+            )
+            if not same:
+                raise OSError(
+                    errno.EADDRINUSE, f"port {port} is already tunnelled on {', '.join(bound)}"
+                )
+        if port == 0 or port not in self._listeners:
+            if isinstance(address, socket.socket):
+                listener = await loop.create_server(self._protocol, sock=address)
+            else:
+                listener = await loop.create_server(self._protocol, sock_name[0], port)
+            sock_name = listener.sockets[0].getsockname()
+            port = sock_name[1]
+            self._listeners[port] = listener
+        self._registry.add_addr(port, identifier, ip)
+        return sock_name[0], port
+
+    def delete(self, port: int, ip: str | None) -> None:
+        self._registry.delete_addr(port, ip)
+        if ip is None and port in self._listeners:
+            self._listeners.pop(port).close()
+
+    def close(self) -> None:
+        for listener in self._listeners.values():
+            listener.close()
+
+    async def wait_closed(self) -> None:
+        for listener in self._listeners.values():
+            await listener.wait_closed()
+        self._listeners.clear()
+
+    def _protocol(self) -> asyncio.BaseProtocol:
+        return _TcpPublic(self._registry, self._link_for)
+
+
+class _TcpStreamEnd(PipeEnd):
+    """Stream side of a public TCP connection's pipe."""
+
+    def tunnel_failed(self, message: str) -> None:
+        logger.warning("TCP tunnel failed: %s", message)
+        self._pipe.abort()
+
+
+class _TcpPublic(PipeEnd):
+    """A connection accepted on a TCP tunnel listener."""
+
+    def __init__(self, registry: Registry, link_for: LinkLookup) -> None:
+        super().__init__(Pipe(), 1)
+        self._registry = registry
+        self._link_for = link_for
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # reading waits for the stream
+        ip, port = transport.get_extra_info("sockname")[:2]
+        identifier = self._registry.lookup_addr(ip, port)
+        link = self._link_for(identifier) if identifier is not None else None
+        if link is None:
+            logger.warning("no client for TCP connection on %s:%d; closing", ip, port)
+            transport.close()
+            return
+        try:
+            link.request_stream(koding.TCP, port, _TcpStreamEnd(self._pipe, 0))
+        except ConnectionError:
+            transport.close()
