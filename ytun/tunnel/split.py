@@ -234,6 +234,24 @@ class _Splitter:
         return self.state is State.HEAD and (bool(self._partial) or self._pos < len(self._buffer))
 
     @property
+    def closed(self) -> bool:
+        """The last message is complete: nothing after it is read."""
+        return self.state is State.CLOSED
+
+    @property
+    def upgraded(self) -> bool:
+        """Protocols switched: every byte is :class:`Raw`."""
+        return self.state is State.RAW
+
+    @property
+    def paused(self) -> bool:
+        return self.state is State.AWAIT_UPGRADE
+
+    def unconsumed(self) -> bytes:
+        """The bytes received and not accounted for by an event yet."""
+        return self._buffer[self._pos :]
+
+    @property
     def in_message(self) -> bool:
         """Part of a message has been received and its end has not."""
         return self.head_pending or self.state in (
@@ -347,8 +365,9 @@ class _Splitter:
             partial.clear()
         else:
             raw = buffer if pos == 0 and stop == end else buffer[pos:stop]
-        self._pos = stop
-        return self._head_complete(raw)
+        event = self._head_complete(raw)
+        self._pos = stop  # only now: a head that fails is not accounted for
+        return event
 
     def _begin_head(self) -> None:
         """The first byte of a head arrived."""
