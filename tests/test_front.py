@@ -130,6 +130,34 @@ async def test_unknown_host_after_a_refused_upgrade_is_answered_502() -> None:
         assert len(recorder.requests) == 1
 
 
+async def test_half_close_before_the_101_reaches_the_origin_after_it() -> None:
+    """Reading pauses until the answer, so the EOF is read, and passed on, after it."""
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(0.1)  # the client's EOF arrives before this answer
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n"
+        )
+        await writer.drain()
+        await got.put(await reader.read())  # everything, up to the EOF passed on
+        writer.write(b"bye")
+        await writer.drain()
+
+    async with (
+        RawOrigin(origin) as raw,
+        Tunnel(client_kwargs={"local_addr": raw.addr}) as t,
+        connect(t.port) as (reader, writer),
+    ):
+        writer.write(get("/", t.host, "Upgrade: x", "Connection: Upgrade") + b"raw bytes")
+        writer.write_eof()
+        assert await asyncio.wait_for(got.get(), 10) == b"raw bytes"
+        answer = await asyncio.wait_for(reader.read(), 10)
+        assert answer.startswith(b"HTTP/1.1 101 ") and answer.endswith(b"\r\n\r\nbye")
+    assert not raw.errors
+
+
 # -- issue 12 item 4: Host rules ---------------------------------------------------------------
 
 

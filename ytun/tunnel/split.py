@@ -38,19 +38,31 @@ _HEX_DIGITS: Final = frozenset(b"0123456789abcdefABCDEF")
 _MAX_CHUNK_SIZE_DIGITS: Final = 16
 
 
-class State(enum.Enum):
-    HEAD = "head"  # before or inside a message head
-    LENGTH_BODY = "length body"  # Content-Length bytes
-    CHUNK_SIZE = "chunk size"  # a chunk-size line, extensions allowed after ";"
-    CHUNK_DATA = "chunk data"
-    CHUNK_DATA_END = "chunk data end"  # the CRLF after chunk data
-    TRAILERS = "trailers"  # trailer lines up to the blank line
-    UNTIL_CLOSE = "until close"  # a response body delimited by the connection's end
-    AWAIT_UPGRADE = "await upgrade"  # a request asked to switch protocols: paused
-    RAW = "raw"  # protocols switched: bytes pass untouched
-    CLOSED = "closed"  # the last message is complete: later bytes are dropped
-    ERROR = "error"
+class State(enum.IntEnum):
+    HEAD = 0  # before or inside a message head
+    LENGTH_BODY = 1  # Content-Length bytes
+    CHUNK_SIZE = 2  # a chunk-size line, extensions allowed after ";"
+    CHUNK_DATA = 3
+    CHUNK_DATA_END = 4  # the CRLF after chunk data
+    TRAILERS = 5  # trailer lines up to the blank line
+    UNTIL_CLOSE = 6  # a response body delimited by the connection's end
+    AWAIT_UPGRADE = 7  # a request asked to switch protocols: paused
+    RAW = 8  # protocols switched: bytes pass untouched
+    CLOSED = 9  # the last message is complete: later bytes are dropped
+    ERROR = 10
 
+
+# Module-level names for the data path: an enum attribute lookup costs far more.
+_HEAD = State.HEAD
+_LENGTH_BODY = State.LENGTH_BODY
+_CHUNK_SIZE = State.CHUNK_SIZE
+_CHUNK_DATA = State.CHUNK_DATA
+_CHUNK_DATA_END = State.CHUNK_DATA_END
+_TRAILERS = State.TRAILERS
+_UNTIL_CLOSE = State.UNTIL_CLOSE
+_AWAIT_UPGRADE = State.AWAIT_UPGRADE
+_RAW = State.RAW
+_CLOSED = State.CLOSED
 
 _AFTER_MESSAGE: Final = frozenset({State.HEAD, State.AWAIT_UPGRADE, State.RAW, State.CLOSED})
 
@@ -202,7 +214,7 @@ class _Splitter:
     _side = "request"
 
     def __init__(self, max_head_size: int = MAX_HEAD_SIZE) -> None:
-        self.state = State.HEAD
+        self.state = _HEAD
         self.max_head_size = max_head_size
         self._buffer = b""
         self._pos = 0
@@ -231,21 +243,21 @@ class _Splitter:
     @property
     def head_pending(self) -> bool:
         """Bytes of a head that is not complete yet have been received."""
-        return self.state is State.HEAD and (bool(self._partial) or self._pos < len(self._buffer))
+        return self.state is _HEAD and (bool(self._partial) or self._pos < len(self._buffer))
 
     @property
     def closed(self) -> bool:
         """The last message is complete: nothing after it is read."""
-        return self.state is State.CLOSED
+        return self.state is _CLOSED
 
     @property
     def upgraded(self) -> bool:
         """Protocols switched: every byte is :class:`Raw`."""
-        return self.state is State.RAW
+        return self.state is _RAW
 
     @property
     def paused(self) -> bool:
-        return self.state is State.AWAIT_UPGRADE
+        return self.state is _AWAIT_UPGRADE
 
     def unconsumed(self) -> bytes:
         """The bytes received and not accounted for by an event yet."""
@@ -255,31 +267,31 @@ class _Splitter:
     def in_message(self) -> bool:
         """Part of a message has been received and its end has not."""
         return self.head_pending or self.state in (
-            State.LENGTH_BODY,
-            State.CHUNK_SIZE,
-            State.CHUNK_DATA,
-            State.CHUNK_DATA_END,
+            _LENGTH_BODY,
+            _CHUNK_SIZE,
+            _CHUNK_DATA,
+            _CHUNK_DATA_END,
             State.TRAILERS,
-            State.UNTIL_CLOSE,
+            _UNTIL_CLOSE,
         )
 
     # -- output --------------------------------------------------------------------------
 
     def next_event(self) -> Event:
+        """The next event; a framing error raises :class:`HttpError`, now and after."""
         if self._error is not None:
             raise self._error
         try:
             return self._next()
         except BareLineEnding:
-            self._fail(f"bare LF or CR in {self._side}")
+            raise self._fail(f"bare LF or CR in {self._side}") from None
         except HttpError as exc:
-            self._fail(str(exc), exc.status)
-        raise AssertionError("unreachable")  # pragma: no cover
+            raise self._fail(str(exc), exc.status) from None
 
-    def _fail(self, message: str, status: int | None = None) -> None:
+    def _fail(self, message: str, status: int | None = None) -> HttpError:
         self._error = HttpError(status or self._status, message)
         self.state = State.ERROR
-        raise self._error
+        return self._error
 
     def _goto(self, state: State) -> None:
         if state not in TRANSITIONS[self.state]:
@@ -295,26 +307,26 @@ class _Splitter:
         buffer = self._buffer
         pos = self._pos
         end = len(buffer)
-        if state is State.HEAD:
+        if state is _HEAD:
             if pos == end:
                 return NEED_DATA
             return self._next_head(buffer, pos, end)
-        if state is State.RAW:
+        if state is _RAW:
             if pos == end:
                 return NEED_DATA
             self._pos = end
             return Raw(buffer, pos, end)
-        if state is State.AWAIT_UPGRADE:
+        if state is _AWAIT_UPGRADE:
             return PAUSED
-        if state is State.CLOSED:
+        if state is _CLOSED:
             self._pos = end
             return NEED_DATA
-        if state is State.UNTIL_CLOSE:
+        if state is _UNTIL_CLOSE:
             if pos == end:
                 return NEED_DATA
             self._pos = end
             return Body(buffer, pos, end)
-        if state is State.LENGTH_BODY:
+        if state is _LENGTH_BODY:
             if pos == end:
                 return NEED_DATA
             take = min(self._remaining, end - pos)
@@ -377,15 +389,15 @@ class _Splitter:
 
     def _start_body(self, *, chunked: bool, length: int) -> None:
         if chunked:
-            self._goto(State.CHUNK_SIZE)
+            self._goto(_CHUNK_SIZE)
         elif length:
             self._remaining = length
-            self._goto(State.LENGTH_BODY)
+            self._goto(_LENGTH_BODY)
         else:
             self._ending = True
 
     def _message_done(self) -> None:
-        self._goto(State.CLOSED if self._close_after else State.HEAD)
+        self._goto(_CLOSED if self._close_after else _HEAD)
 
     # -- chunked bodies ------------------------------------------------------------------
 
@@ -393,14 +405,14 @@ class _Splitter:
         """Consume chunked framing and data of ``buffer[pos:end]``; where it stopped."""
         while pos < end:
             state = self.state
-            if state is State.CHUNK_DATA:
+            if state is _CHUNK_DATA:
                 take = min(self._remaining, end - pos)
                 self._remaining -= take
                 pos += take
                 if not self._remaining:
-                    self._goto(State.CHUNK_DATA_END)
+                    self._goto(_CHUNK_DATA_END)
                 continue
-            if state is State.CHUNK_DATA_END:
+            if state is _CHUNK_DATA_END:
                 # exactly CRLF, checked byte by byte so a missing one fails at once
                 expected = b"\r\n"[len(self._partial) :]
                 got = buffer[pos : pos + len(expected)]
@@ -411,14 +423,14 @@ class _Splitter:
                     self._partial += got
                     return pos
                 self._partial.clear()
-                self._goto(State.CHUNK_SIZE)
+                self._goto(_CHUNK_SIZE)
                 continue
             newline = buffer.find(b"\n", pos, end)
             if newline < 0:
                 self._partial += buffer[pos:end]
                 if len(self._partial) > MAX_LINE_SIZE:
                     raise HttpError(self._status, "chunk line too long")
-                if state is State.CHUNK_SIZE and not _chunk_size_prefix_ok(self._partial):
+                if state is _CHUNK_SIZE and not _chunk_size_prefix_ok(self._partial):
                     raise HttpError(self._status, "malformed chunk size")
                 return end
             if self._partial:
@@ -430,19 +442,23 @@ class _Splitter:
             pos = newline + 1
             if len(line) > MAX_LINE_SIZE:
                 raise HttpError(self._status, "chunk line too long")
-            if not line.endswith(b"\r") or b"\r" in line[:-1]:
+            if line.find(b"\r") != len(line) - 1:  # CR last and nowhere else
                 raise BareLineEnding
             line = line[:-1]
-            if state is State.CHUNK_SIZE:
+            if state is _CHUNK_SIZE:
                 size = _chunk_size(line)
                 if size is None:
                     raise HttpError(self._status, "malformed chunk size")
                 if size:
+                    data_end = pos + size
+                    if buffer[data_end : data_end + 2] == b"\r\n":
+                        pos = data_end + 2  # the whole chunk is here: still CHUNK_SIZE
+                        continue
                     self._remaining = size
-                    self._goto(State.CHUNK_DATA)
+                    self._goto(_CHUNK_DATA)
                 else:
                     self._trailer_size = 0
-                    self._goto(State.TRAILERS)
+                    self._goto(_TRAILERS)
             elif line:  # a trailer field
                 self._trailer_size += len(line) + 2
                 if self._trailer_size > self.max_head_size:
@@ -472,7 +488,8 @@ def _chunk_size_prefix_ok(line: bytearray) -> bool:
 def _chunk_size(line: bytes) -> int | None:
     """The size of a chunk-size line (CRLF removed): hex digits only, then optionally
     ``;`` and extensions. ``int(x, 16)`` alone would take ``0x``, ``_``, signs and spaces."""
-    digits = line.split(b";", 1)[0]
+    semicolon = line.find(b";")
+    digits = line if semicolon < 0 else line[:semicolon]
     if not digits or len(digits) > _MAX_CHUNK_SIZE_DIGITS or not _HEX_DIGITS.issuperset(digits):
         return None
     return int(digits, 16)
@@ -511,24 +528,24 @@ class RequestSplitter(_Splitter):
 
     def _message_done(self) -> None:
         if self._switching:
-            self._goto(State.AWAIT_UPGRADE)
+            self._goto(_AWAIT_UPGRADE)
         else:
             super()._message_done()
 
     def _check_paused(self) -> None:
-        if self.state is not State.AWAIT_UPGRADE:
-            raise RuntimeError(f"no upgrade is waiting for its answer ({self.state.value})")
+        if self.state is not _AWAIT_UPGRADE:
+            raise RuntimeError(f"no upgrade is waiting for its answer ({self.state.name})")
 
     def upgrade_accepted(self) -> None:
         """The answer switched protocols: every later byte is :class:`Raw`."""
         self._check_paused()
-        self._goto(State.RAW)
+        self._goto(_RAW)
 
     def upgrade_refused(self) -> None:
         """The answer was an ordinary one: read requests again."""
         self._check_paused()
         self._switching = False
-        self._goto(State.CLOSED if self._close_after else State.HEAD)
+        self._goto(_CLOSED if self._close_after else _HEAD)
 
 
 class ResponseSplitter(_Splitter):
@@ -555,8 +572,8 @@ class ResponseSplitter(_Splitter):
     def receive_eof(self) -> bool:
         """The stream ended. True if that completes the message in progress (a body
         delimited by the connection's end); the caller then has every byte of it."""
-        if self.state is State.UNTIL_CLOSE and not self._ending:
-            self._goto(State.CLOSED)
+        if self.state is _UNTIL_CLOSE and not self._ending:
+            self._goto(_CLOSED)
             return True
         return False
 
@@ -576,7 +593,7 @@ class ResponseSplitter(_Splitter):
             head.switched = True
         if head.switched:
             self._requests.clear()
-            self._goto(State.RAW)
+            self._goto(_RAW)
             return Head(raw, head, request)
         if status < 200:
             return Head(raw, head, request)  # interim: the final answer follows
@@ -585,12 +602,12 @@ class ResponseSplitter(_Splitter):
         if request.method == b"HEAD" or status in (204, 304):
             self._ending = True
         elif head.chunked:
-            self._goto(State.CHUNK_SIZE)
+            self._goto(_CHUNK_SIZE)
         elif head.content_length is not None:
             self._start_body(chunked=False, length=head.content_length)
         else:
             self._close_after = head.close = True
-            self._goto(State.UNTIL_CLOSE)
+            self._goto(_UNTIL_CLOSE)
         return Head(raw, head, request)
 
 
