@@ -180,6 +180,13 @@ async def test_absolute_form_target_routes_by_its_authority() -> None:
         assert b"elsewhere.test" not in head
 
 
+async def test_absolute_form_control_path_is_still_the_control_path() -> None:
+    async with recorded_tunnel() as (t, recorder):
+        answers = await exchange(t.port, get(f"http://{t.host}/_controlPath/", t.host))
+        assert (answers[0].status, answers[0].body) == (405, b"405 must CONNECT\n\n")
+        assert recorder.requests == []
+
+
 # -- issue 12 items 5 and 7: framing rules end to end ------------------------------------------
 
 
@@ -311,16 +318,17 @@ async def test_head_sent_one_byte_per_write_is_scanned_once(
 # -- issue 12 item 10: the keep-alive close race ---------------------------------------------
 
 
-def answer_once_then_close(answered: list[int]):
+def answer_once_then_close(answered: list[int], *, at_once: bool = False):
     async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         answered.append(1)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
         await writer.drain()
-        # Keep-alive promised, then closed just as the next request arrives: the race a
-        # proxy must absorb, made certain by waiting for that request's first bytes.
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(reader.read(1), 5)
+        if not at_once:
+            # Keep-alive promised, then closed just as the next request arrives: the race
+            # a proxy must absorb, made certain by waiting for that request's first bytes.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(reader.read(1), 5)
         writer.write_eof()
         with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
             await asyncio.wait_for(reader.read(), 5)  # read what is left: no reset
@@ -328,10 +336,11 @@ def answer_once_then_close(answered: list[int]):
     return origin
 
 
-async def test_keep_alive_origin_that_closes_back_to_back() -> None:
+@pytest.mark.parametrize("at_once", [False, True], ids=["as-next-arrives", "at-once"])
+async def test_keep_alive_origin_that_closes_back_to_back(at_once: bool) -> None:
     answered: list[int] = []
     async with (
-        RawOrigin(answer_once_then_close(answered)) as raw,
+        RawOrigin(answer_once_then_close(answered, at_once=at_once)) as raw,
         Tunnel(client_kwargs={"local_addr": raw.addr}) as t,
         connect(t.port) as (reader, writer),
     ):

@@ -66,6 +66,11 @@ RouteKey = tuple[str, int, int]  # identifier, koding protocol, port
 
 
 def is_control_path(target: bytes) -> bool:
+    if not target.startswith(b"/"):  # absolute-form: Go matches the URL's path
+        _scheme, sep, rest = target.partition(b"://")
+        if not sep:
+            return False
+        target = b"/" + rest.partition(b"/")[2]
     path = target.split(b"?", 1)[0].decode("latin-1")
     return path.startswith("/") and posixpath.normpath(path).lstrip("/") == "_controlPath"
 
@@ -420,7 +425,12 @@ class PublicProtocol(asyncio.Protocol):
         waiting = self._waiting
         if waiting is not None:
             self._waiting = None
-            if not self._start_request(waiting):
+            try:
+                started = self._start_request(waiting)
+            except HttpError as exc:
+                self._bad_request(exc)
+                return
+            if not started:
                 self._waiting = waiting
                 return
             self.resume("wait")
@@ -440,6 +450,9 @@ class PublicProtocol(asyncio.Protocol):
         if message is not None:
             transport.write(error_response(status, message, close=True))
         transport.close()
+
+    def relays_to(self, relay: ResponseRelay) -> bool:
+        return relay is self._relay
 
     def resendable(self, relay: ResponseRelay) -> bool:
         return relay is self._relay and not self._stopped and self._upgrading is not relay
@@ -603,8 +616,8 @@ class ResponseRelay(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         public = self._public.transport
-        if public is None:
-            return
+        if public is None or not self._public.relays_to(self):
+            return  # dropped (reset, or replaced when idle): nothing of it is relayed
         if self._raw:
             public.write(data)
             return
