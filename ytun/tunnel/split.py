@@ -177,21 +177,35 @@ def scan_head(buffer: bytes, start: int, collected: bytes | bytearray) -> int:
     received earlier (only its last bytes are looked at), so each byte is scanned once.
 
     Raises :class:`BareLineEnding` as soon as a line ends in anything but CRLF."""
-    carry = collected[-3:] if collected else b""
-    stop = -1
-    if carry:
-        joined = bytes(carry) + buffer[start : start + 3]
-        found = joined.find(b"\r\n\r\n")
+    if not collected:  # the usual case: a head that starts in this buffer
+        found = buffer.find(b"\r\n\r\n", start)
         if found >= 0:
-            stop = start + found + 4 - len(carry)
-    if stop < 0:
+            stop = end = found + 4
+            pending_cr = 0
+        else:
+            stop, end = -1, len(buffer)
+            pending_cr = 1 if buffer[end - 1] == 13 else 0
+        crlf = buffer.count(b"\r\n", start, end)
+        if (
+            buffer.count(b"\n", start, end) != crlf
+            or buffer.count(b"\r", start, end) != crlf + pending_cr
+        ):
+            raise BareLineEnding
+        return stop
+    carry = collected[-3:]
+    stop = -1
+    joined = bytes(carry) + buffer[start : start + 3]
+    found = joined.find(b"\r\n\r\n")
+    if found >= 0:
+        stop = start + found + 4 - len(carry)
+    else:
         found = buffer.find(b"\r\n\r\n", start)
         if found >= 0:
             stop = found + 4
     end = stop if stop >= 0 else len(buffer)
     crlf = buffer.count(b"\r\n", start, end)
     joined_pair = 0
-    if carry and carry[-1] == 13 and end > start:  # a CR collected earlier, its LF now
+    if carry[-1] == 13 and end > start:  # a CR collected earlier, its LF now
         if buffer[start] != 10:
             raise BareLineEnding
         joined_pair = 1
@@ -223,6 +237,7 @@ class _Splitter:
         self._trailer_size = 0
         self._ending = False  # the body is complete: END is the next event
         self._close_after = False  # the message in progress is the last one
+        self._after_message = _HEAD  # the state once the message in progress is complete
         self._error: HttpError | None = None
 
     # -- input ---------------------------------------------------------------------------
@@ -282,7 +297,47 @@ class _Splitter:
         if self._error is not None:
             raise self._error
         try:
-            return self._next()
+            if self._ending:
+                self._ending = False
+                self._goto(self._after_message)
+                return END
+            state = self.state
+            buffer = self._buffer
+            pos = self._pos
+            end = len(buffer)
+            if state is _HEAD:
+                if pos == end:
+                    return NEED_DATA
+                return self._next_head(buffer, pos, end)
+            if state is _RAW:
+                if pos == end:
+                    return NEED_DATA
+                self._pos = end
+                return Raw(buffer, pos, end)
+            if state is _AWAIT_UPGRADE:
+                return PAUSED
+            if state is _CLOSED:
+                self._pos = end
+                return NEED_DATA
+            if state is _UNTIL_CLOSE:
+                if pos == end:
+                    return NEED_DATA
+                self._pos = end
+                return Body(buffer, pos, end)
+            if state is _LENGTH_BODY:
+                if pos == end:
+                    return NEED_DATA
+                take = min(self._remaining, end - pos)
+                self._remaining -= take
+                self._pos = pos + take
+                if not self._remaining:
+                    self._ending = True
+                return Body(buffer, pos, pos + take)
+            if pos == end:
+                return NEED_DATA
+            stop = self._scan_chunked(buffer, pos, end)
+            self._pos = stop
+            return Body(buffer, pos, stop)
         except BareLineEnding:
             raise self._fail(f"bare LF or CR in {self._side}") from None
         except HttpError as exc:
@@ -297,49 +352,6 @@ class _Splitter:
         if state not in TRANSITIONS[self.state]:
             raise AssertionError(f"{self._side} splitter: {self.state} -> {state}")
         self.state = state
-
-    def _next(self) -> Event:
-        if self._ending:
-            self._ending = False
-            self._message_done()
-            return END
-        state = self.state
-        buffer = self._buffer
-        pos = self._pos
-        end = len(buffer)
-        if state is _HEAD:
-            if pos == end:
-                return NEED_DATA
-            return self._next_head(buffer, pos, end)
-        if state is _RAW:
-            if pos == end:
-                return NEED_DATA
-            self._pos = end
-            return Raw(buffer, pos, end)
-        if state is _AWAIT_UPGRADE:
-            return PAUSED
-        if state is _CLOSED:
-            self._pos = end
-            return NEED_DATA
-        if state is _UNTIL_CLOSE:
-            if pos == end:
-                return NEED_DATA
-            self._pos = end
-            return Body(buffer, pos, end)
-        if state is _LENGTH_BODY:
-            if pos == end:
-                return NEED_DATA
-            take = min(self._remaining, end - pos)
-            self._remaining -= take
-            self._pos = pos + take
-            if not self._remaining:
-                self._ending = True
-            return Body(buffer, pos, pos + take)
-        if pos == end:
-            return NEED_DATA
-        stop = self._scan_chunked(buffer, pos, end)
-        self._pos = stop
-        return Body(buffer, pos, stop)
 
     # -- heads ---------------------------------------------------------------------------
 
@@ -395,9 +407,6 @@ class _Splitter:
             self._goto(_LENGTH_BODY)
         else:
             self._ending = True
-
-    def _message_done(self) -> None:
-        self._goto(_CLOSED if self._close_after else _HEAD)
 
     # -- chunked bodies ------------------------------------------------------------------
 
@@ -523,14 +532,12 @@ class RequestSplitter(_Splitter):
             head.host = head.absolute_host
         self._close_after = not head.keep_alive
         self._switching = head.upgrade or head.method == b"CONNECT"
+        if self._switching:
+            self._after_message = _AWAIT_UPGRADE
+        else:
+            self._after_message = _CLOSED if self._close_after else _HEAD
         self._start_body(chunked=head.chunked, length=head.content_length or 0)
         return Head(raw, head)
-
-    def _message_done(self) -> None:
-        if self._switching:
-            self._goto(_AWAIT_UPGRADE)
-        else:
-            super()._message_done()
 
     def _check_paused(self) -> None:
         if self.state is not _AWAIT_UPGRADE:
@@ -598,7 +605,6 @@ class ResponseSplitter(_Splitter):
         if status < 200:
             return Head(raw, head, request)  # interim: the final answer follows
         self._requests.popleft()
-        self._close_after = head.close
         if request.method == b"HEAD" or status in (204, 304):
             self._ending = True
         elif head.chunked:
@@ -606,8 +612,9 @@ class ResponseSplitter(_Splitter):
         elif head.content_length is not None:
             self._start_body(chunked=False, length=head.content_length)
         else:
-            self._close_after = head.close = True
+            head.close = True
             self._goto(_UNTIL_CLOSE)
+        self._after_message = _CLOSED if head.close else _HEAD
         return Head(raw, head, request)
 
 
