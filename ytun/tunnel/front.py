@@ -66,6 +66,8 @@ RouteKey = tuple[str, int, int]  # identifier, koding protocol, port
 
 
 def is_control_path(target: bytes) -> bool:
+    if b"_controlPath" not in target:
+        return False
     if not target.startswith(b"/"):  # absolute-form: Go matches the URL's path
         _scheme, sep, rest = target.partition(b"://")
         if not sep:

@@ -358,7 +358,7 @@ class _Splitter:
     def _next_head(self, buffer: bytes, pos: int, end: int) -> Event:
         partial = self._partial
         # Empty lines before a message are skipped, never forwarded (RFC 9112 §2.2).
-        while not partial or partial == b"\r":
+        while (not partial and buffer[pos] == 13) or partial == b"\r":
             if partial:  # a CR ended the previous buffer
                 if buffer[pos] != 10:
                     raise BareLineEnding
@@ -697,12 +697,6 @@ class ResponseHead:
         self.switched = False  # 101, or 2xx to CONNECT: the stream carries raw bytes now
 
 
-_DIGITS: Final = frozenset(b"0123456789")
-_TOKEN_CHARS: Final = frozenset(
-    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
-
-
 def parse_response_head(raw: bytes) -> ResponseHead:
     """Status and framing of a complete response head (CRLF line endings checked by the
     splitter). Malformed framing is an :class:`HttpError` 502."""
@@ -713,7 +707,7 @@ def parse_response_head(raw: bytes) -> ResponseHead:
         or not status_line.startswith(b"HTTP/1.")
         or status_line[7:8] not in (b"0", b"1")
         or status_line[8:9] != b" "
-        or not _DIGITS.issuperset(status_line[9:12])
+        or not status_line[9:12].isdigit()
         or status_line[12:13] not in (b"", b" ")
     ):
         raise HttpError(502, "malformed response from the tunnel")
@@ -721,13 +715,15 @@ def parse_response_head(raw: bytes) -> ResponseHead:
     codings: list[bytes] | None = None
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if not sep or not name or not _TOKEN_CHARS.issuperset(name):
+        # No name, whitespace before the colon, or a folded line: where two readers can
+        # disagree on a field, so it is refused rather than relayed (RFC 9112 §5.1).
+        if not sep or not name or b" " in name or b"\t" in name:
             raise HttpError(502, "malformed response header from the tunnel")
         name = name.lower()
         if name == b"content-length":
             for item in value.split(b","):
                 item = item.strip()
-                if not item or not _DIGITS.issuperset(item) or len(item) > 18:
+                if not item.isdigit() or len(item) > 18:
                     raise HttpError(502, "malformed Content-Length from the tunnel")
                 length = int(item)
                 if head.content_length is not None and head.content_length != length:
