@@ -1,9 +1,10 @@
-"""Micro-benchmarks of the server's per-request HTTP work: httptools head parsing, response
-head parsing, and finding where bodies end."""
+"""Micro-benchmarks of the server's per-request HTTP work: httptools head parsing, and the
+splitters finding where requests, answers and chunked bodies end."""
 
 from __future__ import annotations
 
-from ytun.tunnel.http1 import BodyScanner, find_head_end, parse_request_head, parse_response_head
+from ytun.tunnel.http1 import parse_request_head
+from ytun.tunnel.split import NEED_DATA, PAUSED, RequestSplitter, ResponseSplitter
 
 REQUEST = (
     b"GET /api/items?id=42 HTTP/1.1\r\nHost: app.example.local:8000\r\n"
@@ -24,18 +25,59 @@ def test_bench_parse_request_head(benchmark):
     assert head.host == b"app.example.local:8000" and head.keep_alive
 
 
-def test_bench_find_and_parse_response_head(benchmark):
+def _drain(splitter, data):
+    splitter.receive(data)
+    count = 0
+    while True:
+        event = splitter.next_event()
+        if event is NEED_DATA or event is PAUSED:
+            return count
+        count += 1
+
+
+def test_bench_split_request(benchmark):
     def run():
-        end = find_head_end(RESPONSE)
-        return parse_response_head(RESPONSE[:end])
+        return _drain(RequestSplitter(), REQUEST)
 
-    head = benchmark(run)
-    assert head.status == 200 and head.content_length == 12
+    assert benchmark(run) == 2  # head, end
 
 
-def test_bench_scan_chunked_body(benchmark):
+def test_bench_split_pipelined_requests(benchmark):
+    pipelined = REQUEST * 16
+
     def run():
-        scanner = BodyScanner(chunked=True)
-        return scanner.scan(CHUNKED, 0, len(CHUNKED)), scanner.done
+        return _drain(RequestSplitter(), pipelined)
 
-    assert benchmark(run) == (len(CHUNKED), True)
+    assert benchmark(run) == 32
+
+
+def test_bench_split_response(benchmark):
+    request = parse_request_head(REQUEST)
+
+    def run():
+        splitter = ResponseSplitter()
+        splitter.expect(request)
+        return _drain(splitter, RESPONSE)
+
+    assert benchmark(run) == 3  # head, body, end
+
+
+def test_bench_split_chunked_body(benchmark):
+    head = b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    def run():
+        splitter = RequestSplitter()
+        _drain(splitter, head)
+        return _drain(splitter, CHUNKED)
+
+    assert benchmark(run) == 2  # body, end
+
+
+def test_bench_split_head_one_byte_at_a_time(benchmark):
+    pieces = [REQUEST[i : i + 1] for i in range(len(REQUEST))]
+
+    def run():
+        splitter = RequestSplitter()
+        return sum(_drain(splitter, piece) for piece in pieces)
+
+    assert benchmark(run) == 2

@@ -1,9 +1,11 @@
 """The server's public side: one protocol per public HTTP connection.
 
-Each request head is parsed (httptools) to route it by its own Host; the bytes received
-are then forwarded as they are, plus forwarding headers, down a tunnel stream. Consecutive
-requests for the same client, protocol and port share one stream; responses are relayed
-as they arrive and only scanned to find where each one ends.
+:class:`PublicProtocol` is routing plus I/O on top of a
+:class:`~ytun.tunnel.split.RequestSplitter`: each request is routed by its own Host, and
+the bytes received are forwarded as they are (plus forwarding headers) down a tunnel
+stream. Consecutive requests for the same client, protocol and port share one stream.
+:class:`ResponseRelay` is the other direction of that stream: answers are relayed as they
+arrive, and a :class:`~ytun.tunnel.split.ResponseSplitter` says where each one ends.
 """
 
 from __future__ import annotations
@@ -16,16 +18,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from . import koding
 from .addr import split_host_port
-from .http1 import (
-    BodyScanner,
-    HttpError,
-    RequestHead,
-    error_response,
-    find_head_end,
-    go_quote,
-    parse_request_head,
-    parse_response_head,
-)
+from .http1 import HttpError, RequestHead, error_response, go_quote
+from .split import END, NEED_DATA, PAUSED, Body, Head, Raw, RequestSplitter, ResponseSplitter
 
 if TYPE_CHECKING:
     from .links import StreamRequester
@@ -59,11 +53,26 @@ class Gateway(Protocol):
 logger = logging.getLogger("ytun.server")
 access_log = logging.getLogger("ytun.access")
 
-_HEAD, _BODY, _RAW, _WAIT, _CONTROL, _CLOSED = range(6)
+#: Seconds a request head (the first one counted from the connection's start, later ones
+#: from their first byte) may take to arrive in full.
+HEAD_TIMEOUT = 10.0
 _EARLY_LIMIT = 1024 * 1024
+#: Requests a relay may send again on a fresh stream when the origin closed a keep-alive
+#: connection under them: the methods Go's Transport also retries, bytes held up to this.
+_REPLAYABLE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+_REPLAY_LIMIT = 64 * 1024
+
+RouteKey = tuple[str, int, int]  # identifier, koding protocol, port
 
 
 def is_control_path(target: bytes) -> bool:
+    if b"_controlPath" not in target:
+        return False
+    if not target.startswith(b"/"):  # absolute-form: Go matches the URL's path
+        _scheme, sep, rest = target.partition(b"://")
+        if not sep:
+            return False
+        target = b"/" + rest.partition(b"/")[2]
     path = target.split(b"?", 1)[0].decode("latin-1")
     return path.startswith("/") and posixpath.normpath(path).lstrip("/") == "_controlPath"
 
@@ -71,16 +80,19 @@ def is_control_path(target: bytes) -> bool:
 class PublicProtocol(asyncio.Protocol):
     """One public connection on the server's listener."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, *, head_timeout: float = HEAD_TIMEOUT) -> None:
         self._gateway = gateway
+        self._head_timeout = head_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
-        self._pending = b""
-        self._state = _HEAD
-        self._body: BodyScanner | None = None
-        self._body_sink: Tunnel | None = None
-        self._tunnel: Tunnel | None = None
-        self._waiting: tuple[RequestHead, bytes] | None = None
-        self._last_request = False
+        self._splitter = RequestSplitter(gateway.max_head_size)
+        self._relay: ResponseRelay | None = None
+        self._sink: ResponseRelay | None = None  # where the current request's body goes
+        self._waiting: Head | None = None  # a request held until earlier answers are out
+        self._upgrading: ResponseRelay | None = None  # it answers an upgrade request
+        self._upgrade_verdict: bool | None = None  # that answer, before the splitter paused
+        self._stopped = False  # no more requests are read (taken over, failed, closed)
+        self._failure: bytes | None = None  # an error answer waiting for answers in flight
         self._pause_reasons: set[str] = set()
         self._writing_paused = False
         self._forwarded = b""
@@ -103,33 +115,35 @@ class PublicProtocol(asyncio.Protocol):
                 + scheme
                 + b"\r\nX-Forwarded-Host: "
             )
+        self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._state = _CLOSED
+        self._stopped = True
         self._transport = None
+        self._cancel_head_timer()
         self._gateway.closed(self)
-        tunnel = self._tunnel
-        if tunnel is not None:
-            self._tunnel = None
-            tunnel.abandon()
+        relay = self._relay
+        if relay is not None:
+            self._relay = None
+            relay.abandon()
 
     def eof_received(self) -> bool:
-        if self._state == _RAW and self._tunnel is not None:
-            self._tunnel.send_eof()
+        if self._splitter.upgraded and self._relay is not None:
+            self._relay.send_eof()
             return True
         # Keep the connection open while answers to requests already sent go out.
         self._eof = True
-        return self._tunnel is not None and self._tunnel.busy
+        return self._relay is not None and self._relay.busy
 
     def pause_writing(self) -> None:
         self._writing_paused = True
-        if self._tunnel is not None:
-            self._tunnel.pause_reading()
+        if self._relay is not None:
+            self._relay.pause_reading()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self._tunnel is not None:
-            self._tunnel.resume_reading()
+        if self._relay is not None:
+            self._relay.resume_reading()
 
     def pause(self, reason: str) -> None:
         if not self._pause_reasons and self._transport is not None:
@@ -156,82 +170,102 @@ class PublicProtocol(asyncio.Protocol):
     def max_head_size(self) -> int:
         return self._gateway.max_head_size
 
-    def _hand_to_control(self, head: RequestHead, extra: bytes) -> bool:
-        """Offer a CONNECT to the server: True once a client owns the connection; False
-        if it was refused and answered, and requests are read again."""
-        answer = self._gateway.control_connect(self, head, extra)
-        if answer is None:
-            return True
-        self._state = _HEAD
-        if self._transport is not None:
-            self._transport.write(answer)
-        return False
-
     @property
     def idle(self) -> bool:
         """No request in flight (used by a graceful server close)."""
-        return self._tunnel is None or not self._tunnel.busy
+        return self._relay is None or not self._relay.busy
 
     def close(self) -> None:
         # never twice: a second close() of an asyncio SSL transport breaks later writes
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
+    # -- the header timeout --------------------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None and self._transport is not None:
+            self._head_timer = asyncio.get_running_loop().call_later(
+                self._head_timeout, self._head_timed_out
+            )
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        transport = self._transport
+        if transport is None or self._stopped:
+            return
+        if not self.idle:
+            self._arm_head_timer()  # answers are going out: the head's turn comes after
+            return
+        logger.debug("%s: request head not complete in %.3gs", self.peer, self._head_timeout)
+        self._stopped = True
+        transport.write(error_response(408, "request header timeout", close=True))
+        transport.close()
+
     # -- requests ------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         self.activity += 1
-        if self._pending:
-            data = self._pending + data
-            self._pending = b""
-        self._process(data)
+        self._splitter.receive(data)
+        self._pump()
 
-    def _process(self, data: bytes) -> None:
-        pos = 0
-        end = len(data)
-        while pos < end:
-            state = self._state
-            if state == _BODY:
-                stop = self._body.scan(data, pos, end)  # type: ignore[union-attr]
-                if self._body_sink is not None:
-                    self._body_sink.send(data if pos == 0 and stop == end else data[pos:stop])
-                pos = stop
-                if self._body.done:  # type: ignore[union-attr]
-                    self._state = _HEAD
-                    self._body = self._body_sink = None
-            elif state == _RAW:
-                self._tunnel.send(data if pos == 0 else data[pos:])  # type: ignore[union-attr]
-                return
-            elif state == _HEAD:
-                if self._last_request:
-                    return  # the client said this was its last request
-                head_end = data.find(b"\r\n\r\n", pos)
-                if head_end < 0 or head_end + 4 - pos > self._gateway.max_head_size:
-                    if head_end < 0 and end - pos <= self._gateway.max_head_size:
-                        self._pending = data[pos:]
-                    else:
-                        self._fail(431, "request header too large")
-                    return
-                raw = data[pos : head_end + 4]
-                pos = head_end + 4
-                try:
-                    head = parse_request_head(raw)
-                except HttpError as exc:
-                    self._fail(exc.status, str(exc))
-                    return
-                if not self._start_request(head, raw):
-                    self._waiting = (head, raw)
-                    self._state = _WAIT
-                    self._pending = data[pos:]
-                    self.pause("wait")
-                    return
-                if self._state == _CONTROL and self._hand_to_control(head, data[pos:]):
-                    return
-            elif state == _WAIT:
-                self._pending = data[pos:]
-                return
-            else:
-                return
+    def _pump(self) -> None:
+        """Act on every request event the bytes received so far make up."""
+        splitter = self._splitter
+        try:
+            while self._waiting is None and not self._stopped:
+                event = splitter.next_event()
+                if type(event) is Body:
+                    if self._sink is not None:
+                        self._sink.send_body(event.payload())
+                elif event is NEED_DATA:
+                    break
+                elif event is END:
+                    self._sink = None
+                    if splitter.closed:
+                        self._close_if_done()
+                elif type(event) is Head:
+                    if not self._start_request(event):
+                        self._waiting = event
+                        self.pause("wait")
+                elif type(event) is Raw:
+                    self._relay.send(event.payload())  # type: ignore[union-attr]
+                elif event is PAUSED and not self._upgrade_paused():
+                    break
+        except HttpError as exc:
+            self._bad_request(exc)
+        if splitter.head_pending and not self._stopped:
+            self._arm_head_timer()
+        elif self._head_timer is not None:
+            self._cancel_head_timer()
+
+    def _upgrade_paused(self) -> bool:
+        """The splitter waits for the answer to an upgrade request: True if it is known
+        (reading goes on), False if reading pauses until it comes."""
+        verdict = self._upgrade_verdict
+        if self._upgrading is not None and verdict is None:
+            self.pause("upgrade")
+            return False
+        self._upgrade_verdict = None
+        self._upgrading = None
+        if verdict:
+            self._splitter.upgrade_accepted()
+        else:  # refused, or answered here: the next bytes are requests again
+            self._splitter.upgrade_refused()
+        return True
+
+    def upgrade_answered(self, relay: ResponseRelay, switched: bool) -> None:
+        """The answer to the upgrade request sent down ``relay`` has begun."""
+        if relay is not self._upgrading:
+            return
+        self._upgrade_verdict = switched
+        if self._splitter.paused:
+            self.resume("upgrade")
+            self._pump()
 
     def _route(self, head: RequestHead) -> tuple[str, int, int] | tuple[None, int, str]:
         """``(identifier, protocol, port)``, or ``(None, status, message)`` for an error."""
@@ -243,60 +277,78 @@ class PublicProtocol(asyncio.Protocol):
             return None, 502, f"no virtual host available for {go_quote(host)}"
         return identifier, koding.WS if head.websocket else koding.HTTP, split_host_port(host)[1]
 
-    def _start_request(self, head: RequestHead, raw: bytes) -> bool:
-        """Route and forward one request head; False if it must wait for earlier answers."""
-        tunnel = self._tunnel
+    def _start_request(self, event: Head) -> bool:
+        """Route and forward one request; False if it must wait for earlier answers."""
+        head: RequestHead = event.head  # type: ignore[assignment]
+        relay = self._relay
         if is_control_path(head.target):
-            if tunnel is not None and tunnel.busy:
+            if relay is not None and relay.busy:
                 return False
             if head.method != b"CONNECT":
                 self._answer(head, 405, "405 must CONNECT\n")
                 return True
-            self._state = _CONTROL
+            self._connect(head)
             return True
         identifier, kind, port = self._route(head)
         if (
-            tunnel is not None
-            and tunnel.busy
-            and (identifier is None or tunnel.key != (identifier, kind, port))
+            relay is not None
+            and relay.busy
+            and (identifier is None or relay.key != (identifier, kind, port))
         ):
             return False
         if identifier is None:
             self._answer(head, kind, port)  # type: ignore[arg-type]
             return True
         key = (identifier, kind, port)
-        if tunnel is not None and (tunnel.key != key or tunnel.closed):
-            tunnel.finish()
-            self._tunnel = tunnel = None
-        if tunnel is None:
-            link = self._gateway.link_for(identifier)
-            if link is None:
+        if relay is not None and (relay.key != key or relay.closed):
+            relay.finish()
+            self._relay = relay = None
+        if relay is None:
+            relay = self._open_relay(key)  # type: ignore[arg-type]
+            if relay is None:
                 self._answer(head, 502, "no client session established")
                 return True
-            tunnel = Tunnel(self, key)
-            try:
-                link.request_stream(kind, port, tunnel)  # type: ignore[arg-type]
-            except ConnectionError:
-                self._answer(head, 502, "no client session established")
-                return True
-            self._tunnel = tunnel
-            if self._writing_paused:
-                tunnel.pause_reading()
+        raw = event.raw
         if self._forwarded:
             raw = b"".join((raw[:-2], self._forwarded, head.host, b"\r\n\r\n"))
-        tunnel.send_request(raw, head)
-        if head.upgrade:
-            self._state = _RAW
-        elif head.chunked or head.content_length:
-            self._body = BodyScanner(head.content_length, chunked=head.chunked)
-            self._body_sink = tunnel
-            self._state = _BODY
-        if not head.keep_alive:
-            self._last_request = True
+        relay.send_request(raw, head)
+        self._sink = relay
+        if head.upgrade or head.method == b"CONNECT":
+            self._upgrading = relay
         return True
 
+    def _open_relay(self, key: RouteKey) -> ResponseRelay | None:
+        link = self._gateway.link_for(key[0])
+        if link is None:
+            return None
+        relay = ResponseRelay(self, key)
+        try:
+            link.request_stream(key[1], key[2], relay)
+        except ConnectionError:
+            return None
+        self._relay = relay
+        if self._writing_paused:
+            relay.pause_reading()
+        return relay
+
+    def _connect(self, head: RequestHead) -> None:
+        """A CONNECT on the control path: the connection becomes a client's, or the
+        refusal is answered and requests are read again."""
+        if head.chunked or head.content_length:
+            raise HttpError(400, "CONNECT with a body")
+        if self._splitter.next_event() is not END or self._splitter.next_event() is not PAUSED:
+            raise AssertionError("a CONNECT without a body ends at its head")
+        answer = self._gateway.control_connect(self, head, self._splitter.unconsumed())
+        if answer is None:  # a client owns the connection now
+            self._stopped = True
+            self._cancel_head_timer()
+            return
+        if self._transport is not None:
+            self._transport.write(answer)
+        self._splitter.upgrade_refused()
+
     def _answer(self, head: RequestHead, status: int, message: str) -> None:
-        """Answer a request ourselves, in order, skipping its body."""
+        """Answer a request ourselves, in order; its body is read and dropped."""
         close = not head.keep_alive
         version = "1.0" if head.version == "1.0" else "1.1"
         if access_log.isEnabledFor(logging.INFO):
@@ -307,90 +359,150 @@ class PublicProtocol(asyncio.Protocol):
                 head.target.decode("latin-1"),
                 status,
             )
-        self._transport.write(
-            error_response(
-                status,
-                message,
-                close=close,  # type: ignore[union-attr]
-                version=version,
-            )
-        )
-        if close:
-            self._last_request = True
-            self._transport.close()  # type: ignore[union-attr]
-        elif head.chunked or head.content_length:
-            self._body = BodyScanner(head.content_length, chunked=head.chunked)
-            self._body_sink = None
-            self._state = _BODY
-
-    def _fail(self, status: int, message: str) -> None:
-        """A request we cannot even delimit: answer and close the connection."""
         transport = self._transport
-        self._state = _CLOSED
         if transport is None:
             return
-        if self._tunnel is not None and self._tunnel.busy:
-            transport.close()  # answers are in flight; an error now would interleave
+        transport.write(error_response(status, message, close=close, version=version))
+        if close:
+            self._stopped = True
+            transport.close()
+
+    def _bad_request(self, exc: HttpError) -> None:
+        """The request bytes cannot be read on: answer the error once the answers in
+        flight are out (or at once), then close."""
+        self._stopped = True
+        logger.info("%s: bad request (%d %s)", self.peer, exc.status, exc)
+        transport = self._transport
+        if transport is None:
             return
-        transport.write(error_response(status, message, close=True))
-        transport.close()
+        relay = self._relay
+        sink, self._sink = self._sink, None
+        if sink is not None and relay is not None:
+            # A request half forwarded: the origin would wait for the rest forever.
+            self._relay = None
+            if relay.pending == 1 and not relay.answer_started:
+                relay.abandon()
+            else:  # earlier answers are still coming: no room for ours in between
+                relay.abandon()
+                transport.close()
+                return
+        self._failure = error_response(exc.status, str(exc), close=True)
+        self.pause("failed")
+        if self.idle:
+            self._send_failure()
+
+    def _send_failure(self) -> None:
+        failure, self._failure = self._failure, None
+        if failure is not None and self._transport is not None:
+            self._transport.write(failure)
+            self._transport.close()
+
+    def _close_if_done(self) -> None:
+        """The client sent its last request (or half-closed): close once it has every
+        answer."""
+        if self.idle and self._waiting is None:
+            self.close()
 
     # -- events from the tunnel ----------------------------------------------------------
 
     def client_leaving(self, identifier: str) -> None:
         """That client is shutting down: end our stream to it once its answers are out."""
-        tunnel = self._tunnel
-        if tunnel is not None and tunnel.key[0] == identifier:
-            tunnel.draining = True
-            if not tunnel.busy:
-                self._tunnel = None
-                tunnel.finish()
+        relay = self._relay
+        if relay is not None and relay.key[0] == identifier:
+            relay.draining = True
+            if not relay.busy:
+                self._relay = None
+                relay.finish()
 
-    def tunnel_idle(self, tunnel: Tunnel) -> None:
-        """Every request sent down ``tunnel`` has its full answer: waiting requests go on."""
-        if tunnel is not self._tunnel:
+    def tunnel_idle(self, relay: ResponseRelay) -> None:
+        """Every request sent down ``relay`` has its full answer: waiting requests go on."""
+        if relay is not self._relay:
             return
-        if tunnel.draining:
-            self._tunnel = None
-            tunnel.finish()
-        if self._state != _WAIT:
-            if self._eof or self._last_request:
-                self.close()  # the client sent its last request and has every answer
+        if relay.draining:
+            self._relay = None
+            relay.finish()
+        if self._failure is not None:
+            self._send_failure()
             return
-        head, raw = self._waiting  # type: ignore[misc]
-        self._waiting = None
-        self._state = _HEAD
-        self._start_request(head, raw)
-        if self._state == _CONTROL:
-            pending, self._pending = self._pending, b""
-            if self._hand_to_control(head, pending):
+        waiting = self._waiting
+        if waiting is not None:
+            self._waiting = None
+            try:
+                started = self._start_request(waiting)
+            except HttpError as exc:
+                self._bad_request(exc)
                 return
-            self._pending = pending
-        self.resume("wait")
-        if self._pending:
-            pending, self._pending = self._pending, b""
-            self._process(pending)
-        if (self._eof or self._last_request) and self.idle and self._state != _WAIT:
-            self.close()
+            if not started:
+                self._waiting = waiting
+                return
+            self.resume("wait")
+            self._pump()
+        if (self._eof or self._splitter.closed) and self.idle and self._waiting is None:
+            self.close()  # the client sent its last request and has every answer
 
-    def tunnel_closed(self, tunnel: Tunnel, status: int, message: str | None) -> None:
-        """``tunnel`` ended with answers missing: answer what can be, then close."""
-        if tunnel is not self._tunnel:
+    def tunnel_closed(self, relay: ResponseRelay, status: int, message: str | None) -> None:
+        """``relay`` ended with answers missing: answer what can be, then close."""
+        if relay is not self._relay:
             return
-        self._tunnel = None
+        self._relay = None
+        self._stopped = True
         transport = self._transport
         if transport is None:
             return
         if message is not None:
             transport.write(error_response(status, message, close=True))
         transport.close()
-        self._state = _CLOSED
+
+    def relays_to(self, relay: ResponseRelay) -> bool:
+        return relay is self._relay
+
+    def resendable(self, relay: ResponseRelay) -> bool:
+        return relay is self._relay and not self._stopped and self._upgrading is not relay
+
+    def resend(self, relay: ResponseRelay, requests: list[_Sent]) -> None:
+        """The origin closed ``relay``'s stream under requests it never read: send them
+        again, in order, on a fresh stream."""
+        if relay is not self._relay:
+            return
+        self._relay = None
+        fresh = self._open_relay(relay.key)
+        if fresh is None:
+            self._relay = relay
+            self.tunnel_closed(relay, 502, "no client session established")
+            return
+        requests[0].resent = True
+        for sent in requests:
+            fresh.send_again(sent)
+        if self._sink is relay:
+            self._sink = fresh
 
 
-class Tunnel(asyncio.Protocol):
+class _Sent:
+    """A request sent down a stream, kept until its answer starts: for the access log,
+    and its bytes while it may have to be sent again."""
+
+    __slots__ = ("head", "data", "size", "resent")
+
+    def __init__(self, head: RequestHead, raw: bytes) -> None:
+        self.head = head
+        replayable = head.method in _REPLAYABLE_METHODS and not head.upgrade
+        self.data: list[bytes] | None = [raw] if replayable else None
+        self.size = len(raw)
+        self.resent = False
+
+    def keep(self, data: bytes) -> None:
+        if self.data is not None:
+            self.size += len(data)
+            if self.size > _REPLAY_LIMIT:
+                self.data = None
+            else:
+                self.data.append(data)
+
+
+class ResponseRelay(asyncio.Protocol):
     """The response side of one tunnel stream: relays answers to the public connection."""
 
-    def __init__(self, public: PublicProtocol, key: tuple[str, int, int]) -> None:
+    def __init__(self, public: PublicProtocol, key: RouteKey) -> None:
         self.key = key
         self.closed = False
         self.draining = False  # its client is leaving: no requests after the current ones
@@ -399,21 +511,38 @@ class Tunnel(asyncio.Protocol):
         self._early: list[bytes] = []
         self._early_size = 0
         self._reading_paused = False
-        self._requests: deque[RequestHead] = deque()
-        self._head = b""
-        self._body: BodyScanner | None = None
+        self._splitter = ResponseSplitter(public.max_head_size)
+        self._requests: deque[_Sent] = deque()  # sent, their answers not complete
         self._raw = False
-        self._answered = False  # bytes of the current answer were already relayed
+        self.answer_started = False  # bytes of the current answer were already relayed
+        self._answers = 0  # answers complete on this stream
         self._close_after = False
 
     @property
     def busy(self) -> bool:
         return bool(self._requests) or self._raw
 
+    @property
+    def pending(self) -> int:
+        """Requests sent whose answer is not complete."""
+        return len(self._requests)
+
     # -- requests going out --------------------------------------------------------------
 
     def send_request(self, data: bytes, head: RequestHead) -> None:
-        self._requests.append(head)
+        self._requests.append(_Sent(head, data))
+        self._splitter.expect(head)
+        self.send(data)
+
+    def send_again(self, sent: _Sent) -> None:
+        self._requests.append(sent)
+        self._splitter.expect(sent.head)
+        for data in sent.data or ():
+            self.send(data)
+
+    def send_body(self, data: bytes) -> None:
+        if self._requests:
+            self._requests[-1].keep(data)
         self.send(data)
 
     def send(self, data: bytes) -> None:
@@ -443,7 +572,7 @@ class Tunnel(asyncio.Protocol):
             self._stream.resume_reading()
 
     def finish(self) -> None:
-        """No more requests will use this tunnel (it is idle)."""
+        """No more requests will use this stream (it is idle)."""
         self.closed = True
         if self._stream is not None:
             self._stream.close()
@@ -489,46 +618,53 @@ class Tunnel(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         public = self._public.transport
-        if public is None:
-            return
-        public.write(data)
-        self._answered = True
+        if public is None or not self._public.relays_to(self):
+            return  # dropped (reset, or replaced when idle): nothing of it is relayed
         if self._raw:
+            public.write(data)
             return
-        pos = 0
-        end = len(data)
-        while pos < end:
-            if self._body is not None:
-                pos = self._body.scan(data, pos, end)
-                if self._body.done:
-                    self._answer_done()
-                continue
-            if not self._requests:
-                return  # bytes beyond the last answer: nothing left to delimit
-            chunk = data[pos:] if pos else data
-            buffered = self._head + chunk if self._head else chunk
-            head_end = find_head_end(buffered)
-            if head_end < 0:
-                if len(buffered) > self._public.max_head_size:
-                    self._broken()
-                    return
-                self._head = buffered
-                return
-            pos += head_end - len(self._head)
-            self._head = b""
-            try:
-                self._start_answer(buffered[:head_end])
-            except HttpError:
-                self._broken()
-                return
-            if self._raw:
-                return
+        splitter = self._splitter
+        splitter.receive(data)
+        # Bytes are relayed as received, in as few writes as possible: up to each point
+        # where the public side may write on its own (an answer complete, an upgrade).
+        relayed = 0
+        try:
+            while True:
+                event = splitter.next_event()
+                if type(event) is Body or type(event) is Raw:
+                    continue
+                if event is NEED_DATA:
+                    break
+                if type(event) is Head:
+                    self.answer_started = True
+                    if self._answer_head(event):
+                        relayed = self._relay(public, data, relayed)
+                        self._public.upgrade_answered(self, self._raw)
+                elif event is END:
+                    relayed = self._relay(public, data, relayed)
+                    if not self._answer_done():
+                        return
+        except HttpError as exc:
+            self._relay(public, data, relayed)
+            self._malformed(exc)
+            return
+        self._relay(public, data, relayed)
 
-    def _start_answer(self, raw: bytes) -> None:
-        head = parse_response_head(raw)
-        request = self._requests[0]
-        status = head.status
-        if access_log.isEnabledFor(logging.INFO) and not 100 <= status < 200:
+    def _relay(self, public: asyncio.Transport, data: bytes, start: int) -> int:
+        stop = self._splitter.position
+        if stop > start:
+            public.write(data if start == 0 and stop == len(data) else data[start:stop])
+        return stop
+
+    def _answer_head(self, event: Head) -> bool:
+        """Log a final answer; True if it answers an upgrade request (the public side
+        waits to know whether protocols switched)."""
+        head = event.head
+        request: RequestHead = event.request  # type: ignore[assignment]
+        status = head.status  # type: ignore[union-attr]
+        if 100 <= status < 200 and status != 101:
+            return False  # interim answer; the final one follows
+        if access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 '%s "%s %s" %d %s',
                 self._public.peer,
@@ -537,41 +673,49 @@ class Tunnel(asyncio.Protocol):
                 status,
                 request.host.decode("latin-1"),
             )
-        if status == 101:
+        if head.switched:  # type: ignore[union-attr]
             self._raw = True
             self._requests.clear()
-            return
-        if status < 200:
-            return  # interim answer; the final one follows
-        self._close_after = head.close or request.upgrade
-        if request.method == b"HEAD" or status in (204, 304):
-            self._body = BodyScanner(0)
-        elif head.chunked:
-            self._body = BodyScanner(chunked=True)
-        elif head.content_length is not None:
-            self._body = BodyScanner(head.content_length)
-        else:
-            self._body = BodyScanner(until_close=True)
-        if self._body.done:
-            self._answer_done()
+            return True
+        self._close_after = head.close  # type: ignore[union-attr]
+        return request.upgrade or request.method == b"CONNECT"
 
-    def _answer_done(self) -> None:
-        self._body = None
-        self._answered = False
+    def _answer_done(self) -> bool:
+        """An answer is complete; False if the stream is done with."""
+        self.answer_started = False
+        self._answers += 1
         self._requests.popleft()
         if self._close_after:
             self.closed = True
+            self._requests.clear()
+            if self._stream is not None:
+                self._stream.close()
             self._public.tunnel_closed(self, 0, None)
-            return
+            return False
         if not self._requests:
             self._public.tunnel_idle(self)
+        return True
 
-    def _broken(self) -> None:
+    def _malformed(self, exc: HttpError) -> None:
         """The answer cannot be delimited: nothing after it can be trusted."""
         self.closed = True
         if self._stream is not None:
             self._stream.abort()
-        self._public.tunnel_closed(self, 0, None)
+        if not self._requests:
+            return  # bytes nobody asked for: this stream is dropped, the next gets a new one
+        request = self._requests[0].head
+        logger.warning(
+            "malformed answer from the tunnel to %s %s (host %s): %s",
+            request.method.decode("latin-1"),
+            request.target.decode("latin-1"),
+            request.host.decode("latin-1"),
+            exc,
+        )
+        self._requests.clear()
+        if self.answer_started:
+            self._public.tunnel_closed(self, 0, None)  # cut short: a clean close says so
+        else:
+            self._public.tunnel_closed(self, 502, f"read from tunnel: {exc}")
 
     def eof_received(self) -> bool:
         if self._raw:
@@ -580,8 +724,9 @@ class Tunnel(asyncio.Protocol):
                 public.write_eof()
             return True
         self.closed = True
-        if self._body is not None and self._body.until_close:
-            self._public.tunnel_closed(self, 0, None)  # the answer ends with the connection
+        if self._splitter.receive_eof():  # the answer ends with the connection
+            self._requests.clear()
+            self._public.tunnel_closed(self, 0, None)
         elif self._requests:
             self._answer_missing()
         return False
@@ -595,7 +740,16 @@ class Tunnel(asyncio.Protocol):
             self._answer_missing()
 
     def _answer_missing(self) -> None:
-        if self._answered:
+        requests = list(self._requests)
+        self._requests.clear()
+        if self.answer_started:
             self._public.tunnel_closed(self, 0, None)  # cut short: a clean close says so
+        elif (
+            self._answers  # a reused stream, closed by the origin right after an answer
+            and not requests[0].resent
+            and all(sent.data is not None for sent in requests)
+            and self._public.resendable(self)
+        ):
+            self._public.resend(self, requests)
         else:
             self._public.tunnel_closed(self, 502, "read from tunnel: unexpected EOF")

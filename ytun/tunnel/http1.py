@@ -1,5 +1,5 @@
-"""HTTP/1.x glue for the server's data path: find message heads, parse request heads with
-httptools, find where bodies end, and write koding-compatible error responses.
+"""HTTP/1.x glue for the server's data path: parse request heads with httptools, and write
+koding-compatible error responses. Where messages start and end is :mod:`.split`'s job.
 
 The tunnel forwards the bytes it received; it parses only what routing and request
 boundaries need.
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import httptools
 
+#: The largest message head the server reads (requests and answers alike).
 MAX_HEAD_SIZE = 64 * 1024
-_MAX_CHUNK_LINE = 4096
 
 
 class HttpError(Exception):
-    """A request the server answers itself (bad syntax, head too large)."""
+    """A message the server cannot forward as it is; ``status`` is what it answers (4xx
+    for a request, 502 for an answer from the tunnel)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -35,12 +36,24 @@ class RequestHead:
         "content_length",
         "chunked",
         "identifier",
+        "host_count",
+        "transfer_codings",
+        "absolute_host",
     )
 
     def __init__(self) -> None:
+        self.method = b""
+        self.version = "1.1"
+        self.keep_alive = True
+        self.upgrade = False
         self.host = b""
+        self.host_count = 0
         self.content_length: int | None = None
         self.chunked = False
+        # every coding of every Transfer-Encoding field, in order; None without the field
+        self.transfer_codings: list[bytes] | None = None
+        # the authority of an absolute-form target (``GET http://host/ HTTP/1.1``)
+        self.absolute_host: bytes | None = None
         self.websocket = False
         self.identifier = b""
         self.target = b""
@@ -69,10 +82,15 @@ class _HeadCollector:
         head = self.head
         if name == b"host":
             head.host = value.strip()
+            head.host_count += 1
         elif name == b"content-length":
             head.content_length = int(value)
         elif name == b"transfer-encoding":
             head.chunked = value.strip().lower().endswith(b"chunked")
+            codings = head.transfer_codings
+            if codings is None:
+                codings = head.transfer_codings = []
+            codings.extend(token.strip().lower() for token in value.split(b","))
         elif name == b"upgrade":
             head.websocket = b"websocket" in value.lower()
         elif name == b"x-ktunnel-identifier":
@@ -99,7 +117,10 @@ def parse_request_head(data: bytes) -> RequestHead:
 
 
 def find_head_end(data: bytes | bytearray, start: int = 0) -> int:
-    """Offset just past the blank line ending a head in ``data``, or -1."""
+    """Offset just past the blank line ending a head in ``data``, or -1, with bare LF
+    accepted: for the client reading the server's ``200 Connected to Tunnel\\n\\n``, which
+    koding/tunnel sends with bare LF. HTTP messages on the data path are split by
+    :mod:`.split`, where lines end in CRLF only."""
     end = data.find(b"\r\n\r\n", start)
     if end >= 0:
         bare = data.find(b"\n\n", start, end)
@@ -108,115 +129,10 @@ def find_head_end(data: bytes | bytearray, start: int = 0) -> int:
     return bare + 2 if bare >= 0 else -1
 
 
-class ResponseHead:
-    __slots__ = ("status", "content_length", "chunked", "close")
-
-    def __init__(self, status: int, content_length: int | None, chunked: bool, close: bool) -> None:
-        self.status = status
-        self.content_length = content_length
-        self.chunked = chunked
-        self.close = close
-
-
-def parse_response_head(data: bytes) -> ResponseHead:
-    """Status and framing of a response head from the local service."""
-    lines = data.split(b"\n")
-    status_line = lines[0]
-    if not status_line.startswith(b"HTTP/1.") or len(status_line) < 12:
-        raise HttpError(502, "malformed response from the tunnel")
-    try:
-        status = int(status_line[9:12])
-    except ValueError:
-        raise HttpError(502, "malformed response from the tunnel") from None
-    close = status_line.startswith(b"HTTP/1.0")
-    content_length = None
-    chunked = False
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep:
-            continue
-        name = name.strip().lower()
-        if name == b"content-length":
-            try:
-                content_length = int(value)
-            except ValueError:
-                raise HttpError(502, "malformed response from the tunnel") from None
-        elif name == b"transfer-encoding":
-            chunked = value.strip().lower().endswith(b"chunked")
-        elif name == b"connection":
-            tokens = value.lower()
-            if b"close" in tokens:
-                close = True
-            elif b"keep-alive" in tokens:
-                close = False
-    return ResponseHead(status, content_length, chunked, close)
-
-
-class BodyScanner:
-    """Finds where one message body ends in a byte stream, without copying it."""
-
-    __slots__ = ("remaining", "chunked", "until_close", "done", "_state", "_line")
-
-    def __init__(
-        self, content_length: int | None = 0, *, chunked: bool = False, until_close: bool = False
-    ) -> None:
-        self.chunked = chunked
-        self.until_close = until_close
-        self.remaining = content_length or 0
-        self.done = not chunked and not until_close and not self.remaining
-        self._state = 0  # chunked: 0 size line, 1 data, 2 data CRLF, 3 trailer
-        self._line = b""
-
-    def scan(self, data: bytes | bytearray | memoryview, pos: int, end: int) -> int:
-        """Consume body bytes of ``data[pos:end]``; the offset where the body stopped."""
-        if self.until_close:
-            return end
-        if not self.chunked:
-            take = min(self.remaining, end - pos)
-            self.remaining -= take
-            self.done = not self.remaining
-            return pos + take
-        while pos < end and not self.done:
-            if self._state == 1:
-                take = min(self.remaining, end - pos)
-                self.remaining -= take
-                pos += take
-                if not self.remaining:
-                    self._state = 2
-                continue
-            newline = data.find(b"\n", pos, end)  # type: ignore[union-attr]
-            if newline < 0:
-                self._line += bytes(data[pos:end])
-                if len(self._line) > _MAX_CHUNK_LINE:
-                    raise HttpError(400, "chunk line too long")
-                return end
-            line = (self._line + bytes(data[pos:newline])).strip()
-            self._line = b""
-            pos = newline + 1
-            if self._state == 0:
-                try:
-                    size = int(line.split(b";", 1)[0], 16)
-                except ValueError:
-                    raise HttpError(400, "malformed chunk size") from None
-                if size < 0:
-                    raise HttpError(400, "malformed chunk size")
-                if size:
-                    self.remaining = size
-                    self._state = 1
-                else:
-                    self._state = 3
-            elif self._state == 2:
-                if line:
-                    raise HttpError(400, "malformed chunk ending")
-                self._state = 0
-            elif not line:  # the blank line after the (optional) trailers
-                self.done = True
-        return pos
-
-
 _REASONS = {
     400: "Bad Request",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     502: "Bad Gateway",
