@@ -18,7 +18,6 @@ from tunnel_helpers import Tunnel
 
 from ytun import Server
 from ytun.tunnel import split
-from ytun.tunnel.front import PublicProtocol
 
 pytestmark = pytest.mark.usefixtures("no_tracebacks")
 
@@ -58,21 +57,10 @@ class Recorder:
             await writer.drain()
 
 
-class HeadTimeoutServer(Server):
-    """A server whose public connections get this ``head_timeout``."""
-
-    def __init__(self, head_timeout: float) -> None:
-        super().__init__()
-        self.head_timeout = head_timeout
-
-    def protocol_factory(self) -> PublicProtocol:
-        return PublicProtocol(self, head_timeout=self.head_timeout)
-
-
 @contextlib.asynccontextmanager
 async def recorded_tunnel(head_timeout: float | None = None):
     recorder = Recorder()
-    server = Server() if head_timeout is None else HeadTimeoutServer(head_timeout)
+    server = Server() if head_timeout is None else Server(head_timeout=head_timeout)
     async with (
         RawOrigin(recorder) as raw,
         Tunnel(server=server, client_kwargs={"local_addr": raw.addr}) as t,

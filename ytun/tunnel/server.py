@@ -20,8 +20,8 @@ from ..errors import SessionClosedError
 from ..yamux import Config
 from . import koding
 from .connections import PublicConnections
-from .front import PublicProtocol
-from .http1 import RequestHead, error_response
+from .front import HEAD_TIMEOUT, PublicProtocol
+from .http1 import MAX_HEAD_SIZE, RequestHead, error_response
 from .limits import default_max_connections
 from .links import ClientLink, ClientLinks, ServerState, ServerStateChange
 from .ratelimit import TokenBuckets
@@ -65,7 +65,8 @@ class Server:
         stream_timeout: float = koding.CONTROL_TIMEOUT,
         handshake_timeout: float = koding.CONTROL_TIMEOUT,
         duplicate_ping_timeout: float = 2.0,
-        max_head_size: int = 64 * 1024,
+        max_head_size: int = MAX_HEAD_SIZE,
+        head_timeout: float = HEAD_TIMEOUT,
         idle_timeout: float | None = 120.0,
         max_connections: int | None = None,
         refusal_rate: float = 1.0,
@@ -75,6 +76,8 @@ class Server:
         self.registry = registry if registry is not None else MemoryRegistry()
         self.forwarded_headers = forwarded_headers
         self.max_head_size = max_head_size
+        #: A request head (or the CONNECT head) must arrive whole within this time.
+        self.head_timeout = head_timeout
         #: Public and client connections held at once; more are answered 503 and closed.
         self.max_connections = (
             max_connections if max_connections is not None else default_max_connections()
@@ -207,7 +210,7 @@ class Server:
         if self._at_capacity and held < self.max_connections * 0.9:
             self._at_capacity = False
             logger.info("accepting connections again: %d held", held)
-        return PublicProtocol(self)
+        return PublicProtocol(self, head_timeout=self.head_timeout)
 
     async def serve(
         self,
