@@ -248,8 +248,8 @@ def test_http_through_server_and_client(ytun_cli, origin, sig):
     server, client = start_pair(ytun_cli, port, "--local", f"127.0.0.1:{origin}")
     body = curl(f"http://127.0.0.1:{port}/hello?x=1", f"app.test:{port}")
     assert body == f"origin says /hello?x=1 to app.test:{port}"
-    access = server.wait_for(server.stderr, '"GET /hello?x=1" 200')
-    assert "ytun.access" in access
+    access = server.wait_for(server.stdout, '"GET /hello?x=1" 200')
+    assert f" 127.0.0.1 app.test:{port} " in access  # the default access log is stdout
     # An unknown host is answered by the server itself.
     assert curl(f"http://127.0.0.1:{port}/", "nobody.test").startswith(
         'no virtual host available for "nobody.test"'

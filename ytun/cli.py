@@ -29,12 +29,14 @@ from .settings import (
     check_address,
     check_identifier,
     check_listen_address,
+    check_network,
     check_virtual_host,
     load_client_file,
     load_server_file,
     read_identifier_file,
 )
 from .tunnel import Client, ClientStateChange, Server
+from .tunnel.access import open_access_log
 from .tunnel.addr import split_host_port
 from .tunnel.limits import raise_fd_limit
 
@@ -49,6 +51,7 @@ DEFAULT_GRACE = 5.0
 DEFAULT_STREAM_TIMEOUT = 10.0
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 120.0
+DEFAULT_ACCESS_LOG = "stdout"
 DEFAULT_DIAL_TIMEOUT = 10.0
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -159,7 +162,22 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--forwarded-headers",
         action=argparse.BooleanOptionalAction,
-        help="add X-Forwarded-For/-Proto/-Host to requests (default: on)",
+        help="replace X-Forwarded-For/-Proto/-Host and Forwarded in requests with the "
+        "server's own, and mark them with Via to answer loops 508; --no-forwarded-headers "
+        "forwards request heads untouched (default: on)",
+    )
+    server.add_argument(
+        "--trust-forwarded",
+        action="append",
+        metavar="CIDR",
+        help="keep (and append to) the forwarding headers of requests from this network, "
+        "e.g. a load balancer in front; repeatable (default: none, they are replaced)",
+    )
+    server.add_argument(
+        "--access-log",
+        metavar="off|stdout|FILE",
+        help="one line per request, upgrade and TCP connection: off, stdout, stderr, or a "
+        "file to append to (default: stdout)",
     )
     server.add_argument(
         "--idle-timeout",
@@ -306,6 +324,8 @@ class ServerConfig:
     listen_port: int
     ssl: ssl.SSLContext | None
     forwarded_headers: bool
+    trust_forwarded: tuple[str, ...]
+    access_log: str
     max_connections: int | None
     idle_timeout: float | None
     stream_timeout: float
@@ -355,11 +375,19 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
             raise UsageError("--tls-cert and --tls-key go together (tls_cert and tls_key)")
         context = _server_tls(cert, key)
     idle_timeout = _pick(args.idle_timeout, file and file.idle_timeout, DEFAULT_IDLE_TIMEOUT)
+    trust_forwarded = _pick(args.trust_forwarded, file and file.trust_forwarded, [])
+    for network in trust_forwarded:
+        check_network(network, "--trust-forwarded")
+    access_log = _pick(args.access_log, file and file.access_log, DEFAULT_ACCESS_LOG)
+    if not access_log:
+        raise UsageError("--access-log must be off, stdout, stderr or a file name")
     return ServerConfig(
         listen_host=listen_host,
         listen_port=listen_port,
         ssl=context,
         forwarded_headers=_pick(args.forwarded_headers, file and file.forwarded_headers, True),
+        trust_forwarded=tuple(trust_forwarded),
+        access_log=access_log,
         max_connections=max_connections,
         idle_timeout=idle_timeout or None,  # 0: never
         stream_timeout=_positive(
@@ -416,6 +444,8 @@ RESTART_KEYS = (
     "tls_cert",
     "tls_key",
     "forwarded_headers",
+    "trust_forwarded",
+    "access_log",
     "max_connections",
     "idle_timeout",
     "stream_timeout",
@@ -515,8 +545,16 @@ async def start_server(config: ServerConfig) -> RunningServer:
     before, after = raise_fd_limit()
     if after != before:
         logger.debug("descriptor limit raised from %d to %d", before, after)
+    try:
+        access_log = open_access_log(config.access_log)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot open the access log {config.access_log}: {exc.strerror or exc}"
+        ) from None
     server = Server(
         forwarded_headers=config.forwarded_headers,
+        trust_forwarded=config.trust_forwarded,
+        access_log=access_log,
         max_connections=config.max_connections,
         idle_timeout=config.idle_timeout,
         stream_timeout=config.stream_timeout,

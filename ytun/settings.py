@@ -11,6 +11,7 @@ in a file are relative to the file, so a server started from any directory finds
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import re
 import sys
@@ -91,6 +92,21 @@ def check_virtual_host(value: str, what: str) -> str:
     return value
 
 
+def check_network(value: str, what: str) -> str:
+    """An IP network in CIDR notation (``10.0.0.0/8``) or one address."""
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise UsageError(
+            f"{what} must be an IP network such as 10.0.0.0/8 or an address, got {value!r}"
+        ) from None
+    return value
+
+
+#: --access-log values that are not file names.
+ACCESS_LOG_STREAMS = ("off", "stdout", "stderr")
+
+
 def check_identifier(value: str, what: str) -> str:
     # Never echo the value: it is a secret.
     if not value:
@@ -132,6 +148,9 @@ class ServerFile:
     hosts: dict[str, str] = field(default_factory=dict, repr=False)
     tcp: dict[str, str] = field(default_factory=dict, repr=False)
     forwarded_headers: bool | None = None
+    trust_forwarded: list[str] | None = None
+    #: "off", "stdout", "stderr" or a file (resolved against the config file's directory)
+    access_log: str | None = None
     max_connections: int | None = None
     idle_timeout: float | None = None
     stream_timeout: float | None = None
@@ -225,6 +244,14 @@ class _Table:
             raise self.error(key, f"must be positive, got {value}")
         return value
 
+    def strings(self, key: str) -> list[str] | None:
+        value: list[Any] | None = self.get(key, list, "an array of strings")
+        if value is not None:
+            for item in value:
+                if not isinstance(item, str):
+                    raise self.error(key, f"must hold strings, got {_toml_type(item)}")
+        return value
+
     def log_level(self) -> str | None:
         value = self.string("log_level")
         if value is not None and value not in LOG_LEVELS:
@@ -309,6 +336,8 @@ SERVER_KEYS = (
     "hosts",
     "tcp",
     "forwarded_headers",
+    "trust_forwarded",
+    "access_log",
     "max_connections",
     "idle_timeout",
     "stream_timeout",
@@ -352,6 +381,13 @@ def load_server_file(path: Path) -> ServerFile:
             tcp.checked(address, check_listen_address, address)
             loaded.tcp[address] = tcp.identifier_of(address)
     loaded.forwarded_headers = table.boolean("forwarded_headers")
+    loaded.trust_forwarded = table.strings("trust_forwarded")
+    for network in loaded.trust_forwarded or ():
+        table.checked("trust_forwarded", check_network, network)
+    access_log = table.string("access_log")
+    if access_log is not None and access_log not in ACCESS_LOG_STREAMS:
+        access_log = str(table.resolve(access_log))
+    loaded.access_log = access_log
     loaded.max_connections = table.positive_int("max_connections")
     loaded.idle_timeout = table.seconds("idle_timeout", zero_allowed=True)
     loaded.stream_timeout = table.seconds("stream_timeout")

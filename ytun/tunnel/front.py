@@ -11,14 +11,18 @@ arrive, and a :class:`~ytun.tunnel.split.ResponseSplitter` says where each one e
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import posixpath
+import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from . import koding
+from .access import AccessLog
 from .addr import split_host_port
-from .http1 import HttpError, RequestHead, error_response, go_quote
+from .http1 import HttpError, RequestHead, error_response, go_quote, rewrite_forwarding
 from .split import END, NEED_DATA, PAUSED, Body, Head, Raw, RequestSplitter, ResponseSplitter
 
 if TYPE_CHECKING:
@@ -36,6 +40,14 @@ class Gateway(Protocol):
 
     forwarded_headers: bool
     max_head_size: int
+    #: Peers whose forwarding headers are kept (and appended to), e.g. a load balancer.
+    trust_forwarded: tuple[Network, ...]
+    #: This server's Via received-by (``ytun-<random>``): a request that carries it came
+    #: back to the server it left.
+    via_mark: bytes
+    access_log: AccessLog | None
+    #: Clients whose requests were seen coming back (reported once each).
+    loops_reported: set[str]
 
     def lookup_host(self, host: str) -> str | None: ...
 
@@ -50,8 +62,15 @@ class Gateway(Protocol):
     def closed(self, public: PublicProtocol) -> None: ...
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 logger = logging.getLogger("ytun.server")
-access_log = logging.getLogger("ytun.access")
+
+#: The body of the answer to a request that came back to the server it left.
+LOOP_MESSAGE = (
+    "this request came back to the tunnel server: the client forwards it to the server "
+    "itself; give the client --local HOST:PORT of your app"
+)
 
 #: Seconds a request head (the first one counted from the connection's start, later ones
 #: from their first byte) may take to arrive in full.
@@ -77,6 +96,19 @@ def is_control_path(target: bytes) -> bool:
     return path.startswith("/") and posixpath.normpath(path).lstrip("/") == "_controlPath"
 
 
+def peer_trusted(address: str, networks: Sequence[Network]) -> bool:
+    """Whether ``address`` (an IP, maybe IPv4-mapped IPv6) is in one of ``networks``."""
+    if not networks:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
+
+
 class PublicProtocol(asyncio.Protocol):
     """One public connection on the server's listener."""
 
@@ -95,7 +127,13 @@ class PublicProtocol(asyncio.Protocol):
         self._failure: bytes | None = None  # an error answer waiting for answers in flight
         self._pause_reasons: set[str] = set()
         self._writing_paused = False
-        self._forwarded = b""
+        self._scheme = b"http"
+        self._forwarded = b""  # our X-Forwarded-* fields up to the Host value
+        self._via_end = b""  # our Via field and the head's end
+        self._trusted = False  # the peer's own forwarding fields are kept
+        self._peer = "-"
+        self._access = gateway.access_log
+        self._head_received = 0.0  # time.monotonic() of the current head, for the log
         self.activity = 0  # reads so far, for the idle policy
         self._eof = False  # the client half-closed: close once every answer is out
 
@@ -104,17 +142,21 @@ class PublicProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         self._gateway.opened(self)
-        if self._gateway.forwarded_headers:
-            peer = transport.get_extra_info("peername")
-            scheme = b"https" if transport.get_extra_info("sslcontext") else b"http"
-            address = peer[0].encode() if isinstance(peer, tuple) else b""
+        peer = transport.get_extra_info("peername")
+        self._peer = peer[0] if isinstance(peer, tuple) else "-"
+        gateway = self._gateway
+        if gateway.forwarded_headers:
+            self._scheme = b"https" if transport.get_extra_info("sslcontext") else b"http"
+            address = self._peer.encode() if isinstance(peer, tuple) else b""
             self._forwarded = (
                 b"X-Forwarded-For: "
                 + address
                 + b"\r\nX-Forwarded-Proto: "
-                + scheme
+                + self._scheme
                 + b"\r\nX-Forwarded-Host: "
             )
+            self._via_end = b"\r\nVia: 1.1 " + gateway.via_mark + b"\r\n\r\n"
+            self._trusted = peer_trusted(self._peer, gateway.trust_forwarded)
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -162,9 +204,12 @@ class PublicProtocol(asyncio.Protocol):
 
     @property
     def peer(self) -> str:
-        """The client's IP address, for the access log."""
-        peer = self._transport.get_extra_info("peername") if self._transport else None
-        return peer[0] if isinstance(peer, tuple) else "-"
+        """The client's IP address, for the logs."""
+        return self._peer
+
+    @property
+    def access(self) -> AccessLog | None:
+        return self._access
 
     @property
     def max_head_size(self) -> int:
@@ -203,7 +248,10 @@ class PublicProtocol(asyncio.Protocol):
             return
         logger.debug("%s: request head not complete in %.3gs", self.peer, self._head_timeout)
         self._stopped = True
-        transport.write(error_response(408, "request header timeout", close=True))
+        answer = error_response(408, "request header timeout", close=True)
+        if self._access is not None:
+            self._access.request(self._peer, b"", b"-", b"-", 408, len(answer), time.monotonic())
+        transport.write(answer)
         transport.close()
 
     # -- requests ------------------------------------------------------------------------
@@ -229,11 +277,13 @@ class PublicProtocol(asyncio.Protocol):
                     if splitter.closed:
                         self._close_if_done()
                 elif type(event) is Head:
+                    if self._access is not None:
+                        self._head_received = time.monotonic()
                     if not self._start_request(event):
                         self._waiting = event
                         self.pause("wait")
                 elif type(event) is Raw:
-                    self._relay.send(event.payload())  # type: ignore[union-attr]
+                    self._relay.send_raw(event.payload())  # type: ignore[union-attr]
                 elif event is PAUSED and not self._upgrade_paused():
                     break
         except HttpError as exc:
@@ -290,14 +340,32 @@ class PublicProtocol(asyncio.Protocol):
             self._connect(head)
             return True
         identifier, kind, port = self._route(head)
+        raw = event.raw
+        looped = False
+        if self._forwarded:
+            lowered = raw.lower()
+            if b"forwarded" in lowered or b"\nvia:" in lowered:
+                raw, looped = rewrite_forwarding(
+                    raw,
+                    peer=self._peer.encode(),
+                    scheme=self._scheme,
+                    host=head.host,
+                    via_mark=self._gateway.via_mark,
+                    trusted=self._trusted,
+                )
+            else:  # the common case: append ours
+                raw = b"".join((raw[:-2], self._forwarded, head.host, self._via_end))
         if (
             relay is not None
             and relay.busy
-            and (identifier is None or relay.key != (identifier, kind, port))
+            and (identifier is None or looped or relay.key != (identifier, kind, port))
         ):
             return False
         if identifier is None:
             self._answer(head, kind, port)  # type: ignore[arg-type]
+            return True
+        if looped:
+            self._loop_detected(head, identifier)
             return True
         key = (identifier, kind, port)
         if relay is not None and (relay.key != key or relay.closed):
@@ -308,10 +376,7 @@ class PublicProtocol(asyncio.Protocol):
             if relay is None:
                 self._answer(head, 502, "no client session established")
                 return True
-        raw = event.raw
-        if self._forwarded:
-            raw = b"".join((raw[:-2], self._forwarded, head.host, b"\r\n\r\n"))
-        relay.send_request(raw, head)
+        relay.send_request(raw, head, self._head_received)
         self._sink = relay
         if head.upgrade or head.method == b"CONNECT":
             self._upgrading = relay
@@ -330,6 +395,20 @@ class PublicProtocol(asyncio.Protocol):
         if self._writing_paused:
             relay.pause_reading()
         return relay
+
+    def _loop_detected(self, head: RequestHead, identifier: str) -> None:
+        """The request carries this server's own Via mark: the client sent it back here
+        (its local address is this server). Answered 508 rather than sent round again."""
+        reported = self._gateway.loops_reported
+        if identifier not in reported:
+            reported.add(identifier)  # once per client: a loop repeats with every request
+            logger.warning(
+                "requests for %s come back to this server through its client: the client "
+                "forwards them to the server itself (give it --local HOST:PORT of the app); "
+                "they are answered 508",
+                go_quote(head.host.decode("latin-1").lower()),
+            )
+        self._answer(head, 508, LOOP_MESSAGE)
 
     def _connect(self, head: RequestHead) -> None:
         """A CONNECT on the control path: the connection becomes a client's, or the
@@ -351,18 +430,21 @@ class PublicProtocol(asyncio.Protocol):
         """Answer a request ourselves, in order; its body is read and dropped."""
         close = not head.keep_alive
         version = "1.0" if head.version == "1.0" else "1.1"
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                '%s "%s %s" %d',
-                self.peer,
-                head.method.decode("latin-1"),
-                head.target.decode("latin-1"),
+        answer = error_response(status, message, close=close, version=version)
+        if self._access is not None:
+            self._access.request(
+                self._peer,
+                head.host,
+                head.method,
+                head.target,
                 status,
+                len(answer),
+                self._head_received,
             )
         transport = self._transport
         if transport is None:
             return
-        transport.write(error_response(status, message, close=close, version=version))
+        transport.write(answer)
         if close:
             self._stopped = True
             transport.close()
@@ -387,6 +469,10 @@ class PublicProtocol(asyncio.Protocol):
                 transport.close()
                 return
         self._failure = error_response(exc.status, str(exc), close=True)
+        if self._access is not None:
+            self._access.request(
+                self._peer, b"", b"-", b"-", exc.status, len(self._failure), time.monotonic()
+            )
         self.pause("failed")
         if self.idle:
             self._send_failure()
@@ -440,8 +526,15 @@ class PublicProtocol(asyncio.Protocol):
         if (self._eof or self._splitter.closed) and self.idle and self._waiting is None:
             self.close()  # the client sent its last request and has every answer
 
-    def tunnel_closed(self, relay: ResponseRelay, status: int, message: str | None) -> None:
-        """``relay`` ended with answers missing: answer what can be, then close."""
+    def tunnel_closed(
+        self,
+        relay: ResponseRelay,
+        status: int,
+        message: str | None,
+        unanswered: _Sent | None = None,
+    ) -> None:
+        """``relay`` ended with answers missing: answer what can be (``unanswered`` is the
+        request the error answers, for the log), then close."""
         if relay is not self._relay:
             return
         self._relay = None
@@ -450,7 +543,19 @@ class PublicProtocol(asyncio.Protocol):
         if transport is None:
             return
         if message is not None:
-            transport.write(error_response(status, message, close=True))
+            answer = error_response(status, message, close=True)
+            if self._access is not None and unanswered is not None:
+                head = unanswered.head
+                self._access.request(
+                    self._peer,
+                    head.host,
+                    head.method,
+                    head.target,
+                    status,
+                    len(answer),
+                    unanswered.started,
+                )
+            transport.write(answer)
         transport.close()
 
     def relays_to(self, relay: ResponseRelay) -> bool:
@@ -468,7 +573,7 @@ class PublicProtocol(asyncio.Protocol):
         fresh = self._open_relay(relay.key)
         if fresh is None:
             self._relay = relay
-            self.tunnel_closed(relay, 502, "no client session established")
+            self.tunnel_closed(relay, 502, "no client session established", requests[0])
             return
         requests[0].resent = True
         for sent in requests:
@@ -478,13 +583,14 @@ class PublicProtocol(asyncio.Protocol):
 
 
 class _Sent:
-    """A request sent down a stream, kept until its answer starts: for the access log,
+    """A request sent down a stream, kept until its answer ends: for the access log,
     and its bytes while it may have to be sent again."""
 
-    __slots__ = ("head", "data", "size", "resent")
+    __slots__ = ("head", "data", "size", "resent", "started")
 
-    def __init__(self, head: RequestHead, raw: bytes) -> None:
+    def __init__(self, head: RequestHead, raw: bytes, started: float) -> None:
         self.head = head
+        self.started = started  # time.monotonic() at its head (0 without an access log)
         replayable = head.method in _REPLAYABLE_METHODS and not head.upgrade
         self.data: list[bytes] | None = [raw] if replayable else None
         self.size = len(raw)
@@ -517,6 +623,12 @@ class ResponseRelay(asyncio.Protocol):
         self.answer_started = False  # bytes of the current answer were already relayed
         self._answers = 0  # answers complete on this stream
         self._close_after = False
+        self._access = public.access
+        self._status = 0  # of the answer in progress
+        self._sent_bytes = 0  # relayed to the public client so far
+        self._answer_mark = 0  # _sent_bytes when the answer in progress began
+        self._upgrade: _Sent | None = None  # a switched request, logged when it ends
+        self._raw_received = 0  # bytes from the public client after the switch
 
     @property
     def busy(self) -> bool:
@@ -529,8 +641,8 @@ class ResponseRelay(asyncio.Protocol):
 
     # -- requests going out --------------------------------------------------------------
 
-    def send_request(self, data: bytes, head: RequestHead) -> None:
-        self._requests.append(_Sent(head, data))
+    def send_request(self, data: bytes, head: RequestHead, started: float = 0.0) -> None:
+        self._requests.append(_Sent(head, data, started))
         self._splitter.expect(head)
         self.send(data)
 
@@ -543,6 +655,11 @@ class ResponseRelay(asyncio.Protocol):
     def send_body(self, data: bytes) -> None:
         if self._requests:
             self._requests[-1].keep(data)
+        self.send(data)
+
+    def send_raw(self, data: bytes) -> None:
+        """Bytes from the public client after protocols switched."""
+        self._raw_received += len(data)
         self.send(data)
 
     def send(self, data: bytes) -> None:
@@ -580,6 +697,7 @@ class ResponseRelay(asyncio.Protocol):
     def abandon(self) -> None:
         """The public side is gone: drop the stream, resetting it if answers are pending."""
         self.closed = True
+        self._log_upgrade_end()
         stream = self._stream
         if stream is not None:
             if self.busy:
@@ -590,7 +708,8 @@ class ResponseRelay(asyncio.Protocol):
     def tunnel_failed(self, message: str) -> None:
         """No stream arrived (timeout, or the client went away)."""
         self.closed = True
-        self._public.tunnel_closed(self, 502, message)
+        first = self._requests[0] if self._requests else None
+        self._public.tunnel_closed(self, 502, message, first)
 
     # -- the stream ----------------------------------------------------------------------
 
@@ -621,6 +740,7 @@ class ResponseRelay(asyncio.Protocol):
         if public is None or not self._public.relays_to(self):
             return  # dropped (reset, or replaced when idle): nothing of it is relayed
         if self._raw:
+            self._sent_bytes += len(data)
             public.write(data)
             return
         splitter = self._splitter
@@ -653,6 +773,7 @@ class ResponseRelay(asyncio.Protocol):
     def _relay(self, public: asyncio.Transport, data: bytes, start: int) -> int:
         stop = self._splitter.position
         if stop > start:
+            self._sent_bytes += stop - start
             public.write(data if start == 0 and stop == len(data) else data[start:stop])
         return stop
 
@@ -664,17 +785,20 @@ class ResponseRelay(asyncio.Protocol):
         status = head.status  # type: ignore[union-attr]
         if 100 <= status < 200 and status != 101:
             return False  # interim answer; the final one follows
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                '%s "%s %s" %d %s',
-                self._public.peer,
-                request.method.decode("latin-1"),
-                request.target.decode("latin-1"),
-                status,
-                request.host.decode("latin-1"),
-            )
+        self._status = status
         if head.switched:  # type: ignore[union-attr]
             self._raw = True
+            if self._access is not None and self._requests:
+                sent = self._upgrade = self._requests[0]
+                self._access.request(
+                    self._public.peer,
+                    request.host,
+                    request.method,
+                    request.target,
+                    status,
+                    self._sent_bytes - self._answer_mark + len(event.raw),
+                    sent.started,
+                )
             self._requests.clear()
             return True
         self._close_after = head.close  # type: ignore[union-attr]
@@ -684,7 +808,10 @@ class ResponseRelay(asyncio.Protocol):
         """An answer is complete; False if the stream is done with."""
         self.answer_started = False
         self._answers += 1
-        self._requests.popleft()
+        sent = self._requests.popleft()
+        if self._access is not None:
+            self._log_answer(sent)
+        self._answer_mark = self._sent_bytes
         if self._close_after:
             self.closed = True
             self._requests.clear()
@@ -695,6 +822,34 @@ class ResponseRelay(asyncio.Protocol):
         if not self._requests:
             self._public.tunnel_idle(self)
         return True
+
+    def _log_answer(self, sent: _Sent) -> None:
+        """An answer relayed (in full, or cut short)."""
+        head = sent.head
+        self._access.request(  # type: ignore[union-attr]
+            self._public.peer,
+            head.host,
+            head.method,
+            head.target,
+            self._status,
+            self._sent_bytes - self._answer_mark,
+            sent.started,
+        )
+
+    def _log_upgrade_end(self) -> None:
+        sent, self._upgrade = self._upgrade, None
+        if sent is not None and self._access is not None:
+            head = sent.head
+            self._access.upgrade_end(
+                self._public.peer,
+                head.host,
+                head.method,
+                head.target,
+                self._status,
+                self._sent_bytes - self._answer_mark,
+                self._raw_received,
+                sent.started,
+            )
 
     def _malformed(self, exc: HttpError) -> None:
         """The answer cannot be delimited: nothing after it can be trusted."""
@@ -711,11 +866,14 @@ class ResponseRelay(asyncio.Protocol):
             request.host.decode("latin-1"),
             exc,
         )
+        first = self._requests[0]
         self._requests.clear()
         if self.answer_started:
+            if self._access is not None:
+                self._log_answer(first)
             self._public.tunnel_closed(self, 0, None)  # cut short: a clean close says so
         else:
-            self._public.tunnel_closed(self, 502, f"read from tunnel: {exc}")
+            self._public.tunnel_closed(self, 502, f"read from tunnel: {exc}", first)
 
     def eof_received(self) -> bool:
         if self._raw:
@@ -725,6 +883,8 @@ class ResponseRelay(asyncio.Protocol):
             return True
         self.closed = True
         if self._splitter.receive_eof():  # the answer ends with the connection
+            if self._access is not None and self._requests:
+                self._log_answer(self._requests[0])
             self._requests.clear()
             self._public.tunnel_closed(self, 0, None)
         elif self._requests:
@@ -735,6 +895,7 @@ class ResponseRelay(asyncio.Protocol):
         self._stream = None
         self.closed = True
         if self._raw:
+            self._log_upgrade_end()
             self._public.tunnel_closed(self, 0, None)
         elif self._requests:
             self._answer_missing()
@@ -743,6 +904,8 @@ class ResponseRelay(asyncio.Protocol):
         requests = list(self._requests)
         self._requests.clear()
         if self.answer_started:
+            if self._access is not None:
+                self._log_answer(requests[0])
             self._public.tunnel_closed(self, 0, None)  # cut short: a clean close says so
         elif (
             self._answers  # a reused stream, closed by the origin right after an answer
@@ -752,4 +915,4 @@ class ResponseRelay(asyncio.Protocol):
         ):
             self._public.resend(self, requests)
         else:
-            self._public.tunnel_closed(self, 502, "read from tunnel: unexpected EOF")
+            self._public.tunnel_closed(self, 502, "read from tunnel: unexpected EOF", requests[0])

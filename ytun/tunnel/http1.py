@@ -159,3 +159,81 @@ def go_quote(text: str) -> str:
     """Go's ``%q`` for the plain strings a Host header holds."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
+
+
+# -- forwarding headers -------------------------------------------------------------------
+
+
+def _field_name(line: bytes) -> bytes:
+    """A header line's name, lower case, ``_`` read as ``-``: CGI-style servers (WSGI,
+    PHP) give ``X_Forwarded_For`` and ``X-Forwarded-For`` the same variable."""
+    return line.partition(b":")[0].lower().replace(b"_", b"-")
+
+
+def _is_forwarding(name: bytes) -> bool:
+    return name == b"forwarded" or name.startswith(b"x-forwarded-")
+
+
+def via_has_mark(value: bytes, mark: bytes) -> bool:
+    """Whether a Via field value lists ``mark`` as a received-by (``1.1 ytun-…``)."""
+    for hop in value.split(b","):
+        parts = hop.split()
+        if len(parts) >= 2 and parts[1] == mark:
+            return True
+    return False
+
+
+def rewrite_forwarding(
+    raw: bytes,
+    *,
+    peer: bytes,
+    scheme: bytes,
+    host: bytes,
+    via_mark: bytes,
+    trusted: bool,
+) -> tuple[bytes, bool]:
+    """``raw`` (a request head that carries forwarding or Via fields; llhttp has checked
+    it: no folded lines, no space before a colon) as the origin should get it, and whether
+    its Via already holds ``via_mark`` (the request came back to this server).
+
+    Untrusted: every ``X-Forwarded-*`` and ``Forwarded`` field is dropped and ours are
+    added. Trusted (a proxy in front): they stay; ``X-Forwarded-For`` gets ``, peer``
+    appended, Proto and Host are added only where missing. Either way ``1.1 via_mark`` is
+    appended to the last Via field, or a Via field is added."""
+    lines = raw[:-4].split(b"\r\n")
+    kept = [lines[0]]
+    looped = False
+    last_via = -1
+    last_for = -1
+    has_proto = has_host = False
+    for line in lines[1:]:
+        name = _field_name(line)
+        if name == b"via":
+            if via_has_mark(line.partition(b":")[2], via_mark):
+                looped = True
+            last_via = len(kept)
+        elif _is_forwarding(name):
+            if not trusted:
+                continue
+            if name == b"x-forwarded-for" and line[:16].lower() == b"x-forwarded-for:":
+                last_for = len(kept)
+            elif name == b"x-forwarded-proto":
+                has_proto = True
+            elif name == b"x-forwarded-host":
+                has_host = True
+        kept.append(line)
+    if last_for >= 0:
+        kept[last_for] = kept[last_for].rstrip(b" \t") + b", " + peer
+    else:
+        kept.append(b"X-Forwarded-For: " + peer)
+    if not has_proto:
+        kept.append(b"X-Forwarded-Proto: " + scheme)
+    if not has_host:
+        kept.append(b"X-Forwarded-Host: " + host)
+    hop = b"1.1 " + via_mark
+    if last_via >= 0:
+        kept[last_via] = kept[last_via].rstrip(b" \t") + b", " + hop
+    else:
+        kept.append(b"Via: " + hop)
+    kept.append(b"\r\n")
+    return b"\r\n".join(kept), looped

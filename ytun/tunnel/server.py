@@ -8,19 +8,22 @@ This module is the facade; the jobs live in :mod:`.front` (public HTTP connectio
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import secrets
 import socket
 import ssl as ssl_module
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SessionClosedError
 from ..yamux import Config
 from . import koding
+from .access import AccessLog, AccessLogSetting, open_access_log
 from .connections import PublicConnections
-from .front import HEAD_TIMEOUT, PublicProtocol
+from .front import HEAD_TIMEOUT, Network, PublicProtocol
 from .http1 import MAX_HEAD_SIZE, RequestHead, error_response
 from .limits import default_max_connections
 from .links import ClientLink, ClientLinks, ServerState, ServerStateChange
@@ -62,6 +65,8 @@ class Server:
         registry: Registry | None = None,
         yamux_config: Config | None = None,
         forwarded_headers: bool = True,
+        trust_forwarded: Iterable[str | Network] = (),
+        access_log: AccessLogSetting = None,
         stream_timeout: float = koding.CONTROL_TIMEOUT,
         handshake_timeout: float = koding.CONTROL_TIMEOUT,
         duplicate_ping_timeout: float = 2.0,
@@ -74,7 +79,19 @@ class Server:
         on_state_change: Callable[[ServerStateChange], None] | None = None,
     ) -> None:
         self.registry = registry if registry is not None else MemoryRegistry()
+        #: Replace the public client's X-Forwarded-*/Forwarded fields with ours and mark
+        #: requests with Via; False forwards request heads untouched.
         self.forwarded_headers = forwarded_headers
+        #: Networks (CIDR) of proxies in front of this server: their forwarding fields
+        #: are kept and appended to instead of replaced.
+        self.trust_forwarded: tuple[Network, ...] = tuple(
+            ipaddress.ip_network(network, strict=False) for network in trust_forwarded
+        )
+        #: None (off), an AccessLog, "stdout", "stderr" or a file path to append to.
+        self.access_log: AccessLog | None = open_access_log(access_log)
+        self._owns_access_log = not isinstance(access_log, AccessLog)
+        self.via_mark = b"ytun-" + secrets.token_hex(8).encode()
+        self.loops_reported: set[str] = set()
         self.max_head_size = max_head_size
         #: A request head (or the CONNECT head) must arrive whole within this time.
         self.head_timeout = head_timeout
@@ -98,7 +115,7 @@ class Server:
             on_client_leaving=self._public.client_leaving,
             refusals=TokenBuckets(refusal_rate, refusal_burst),
         )
-        self._tcp = TcpListeners(self.registry, self.link_for)
+        self._tcp = TcpListeners(self.registry, self.link_for, self.access_log)
         self._servers: list[asyncio.AbstractServer] = []
 
     # -- configuration -------------------------------------------------------------------
@@ -254,3 +271,8 @@ class Server:
             await listener.wait_closed()
         await self._tcp.wait_closed()
         self._servers.clear()
+        if self.access_log is not None:
+            if self._owns_access_log:
+                self.access_log.close()
+            else:
+                self.access_log.flush()

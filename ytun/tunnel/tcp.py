@@ -6,9 +6,11 @@ import asyncio
 import errno
 import logging
 import socket
+import time
 from collections.abc import Callable
 
 from . import koding
+from .access import AccessLog
 from .addr import split_host_port
 from .links import ClientLink
 from .registry import Registry
@@ -22,9 +24,12 @@ LinkLookup = Callable[[str], "ClientLink | None"]
 class TcpListeners:
     """The server's TCP tunnel listeners, one per port; routes live in the registry."""
 
-    def __init__(self, registry: Registry, link_for: LinkLookup) -> None:
+    def __init__(
+        self, registry: Registry, link_for: LinkLookup, access: AccessLog | None = None
+    ) -> None:
         self._registry = registry
         self._link_for = link_for
+        self._access = access
         self._listeners: dict[int, asyncio.Server] = {}
 
     async def add(
@@ -75,7 +80,7 @@ class TcpListeners:
         self._listeners.clear()
 
     def _protocol(self) -> asyncio.BaseProtocol:
-        return _TcpPublic(self._registry, self._link_for)
+        return _TcpPublic(self._registry, self._link_for, self._access)
 
 
 class _TcpStreamEnd(PipeEnd):
@@ -86,24 +91,66 @@ class _TcpStreamEnd(PipeEnd):
         self._pipe.abort()
 
 
-class _TcpPublic(PipeEnd):
-    """A connection accepted on a TCP tunnel listener."""
+class _TcpStreamEndCounted(_TcpStreamEnd):
+    """The stream side, counting the bytes that go to the public client."""
 
-    def __init__(self, registry: Registry, link_for: LinkLookup) -> None:
+    __slots__ = ("sent",)
+
+    def __init__(self, pipe: Pipe, side: int) -> None:
+        super().__init__(pipe, side)
+        self.sent = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.sent += len(data)
+        self._pipe._data(self._side, data)
+
+
+class _TcpPublic(PipeEnd):
+    """A connection accepted on a TCP tunnel listener; logged when it ends when there is
+    an access log."""
+
+    def __init__(
+        self, registry: Registry, link_for: LinkLookup, access: AccessLog | None = None
+    ) -> None:
         super().__init__(Pipe(), 1)
         self._registry = registry
         self._link_for = link_for
+        self._access = access
+        self._stream_end: _TcpStreamEnd | None = None
+        self._received = 0
+        self._started = 0.0
+        self._peer = "-"
+        self._port = 0
+
+    def data_received(self, data: bytes) -> None:
+        self._received += len(data)
+        self._pipe._data(self._side, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        end = self._stream_end
+        if self._access is not None and end is not None:
+            self._stream_end = None
+            sent = end.sent if isinstance(end, _TcpStreamEndCounted) else 0
+            self._access.tcp_end(self._peer, self._port, sent, self._received, self._started)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # reading waits for the stream
         ip, port = transport.get_extra_info("sockname")[:2]
+        if self._access is not None:
+            self._started = time.monotonic()
+            peer = transport.get_extra_info("peername")
+            self._peer = peer[0] if isinstance(peer, tuple) else "-"
+            self._port = port
         identifier = self._registry.lookup_addr(ip, port)
         link = self._link_for(identifier) if identifier is not None else None
         if link is None:
             logger.warning("no client for TCP connection on %s:%d; closing", ip, port)
             transport.close()
             return
+        end = _TcpStreamEndCounted(self._pipe, 0) if self._access else _TcpStreamEnd(self._pipe, 0)
+        self._stream_end = end
         try:
-            link.request_stream(koding.TCP, port, _TcpStreamEnd(self._pipe, 0))
+            link.request_stream(koding.TCP, port, end)
         except ConnectionError:
             transport.close()
