@@ -138,6 +138,7 @@ _REASONS = {
     502: "Bad Gateway",
     503: "Service Unavailable",
     504: "Gateway Timeout",
+    508: "Loop Detected",
 }
 
 
