@@ -23,7 +23,7 @@ import pytest
 import ytun
 from ytun import cli
 from ytun.cli import build_parser, is_loopback
-from ytun.settings import load_server_file
+from ytun.settings import UsageError, load_server_file
 
 SECRET = "S3CRET-cli-identifier"
 STARTUP = 15  # seconds for a subprocess to get ready (imports included)
@@ -1037,3 +1037,49 @@ def test_an_encrypted_tls_key_is_refused_without_a_prompt(ytun_cli, tmp_path):
         f"ytun server: the TLS key {tmp_path}/server.key is encrypted; "
         "ytun needs it without a passphrase"
     )
+
+
+def test_trust_forwarded_and_access_log_flags_win_over_the_file(tmp_path):
+    config = write_file(
+        tmp_path / "s.toml",
+        '[server]\ntrust_forwarded = ["10.0.0.0/8"]\naccess_log = "access.log"\n',
+    )
+    from_file = cli.server_config(build_parser().parse_args(["server", "--config", str(config)]))
+    assert from_file.trust_forwarded == ("10.0.0.0/8",)
+    assert from_file.access_log == str(tmp_path / "access.log")
+    args = build_parser().parse_args(
+        [
+            "server",
+            "--config",
+            str(config),
+            "--trust-forwarded",
+            "192.0.2.0/24",
+            "--trust-forwarded",
+            "::1",
+            "--access-log",
+            "off",
+        ]
+    )
+    flags = cli.server_config(args)
+    assert (flags.trust_forwarded, flags.access_log) == (("192.0.2.0/24", "::1"), "off")
+    default = cli.server_config(build_parser().parse_args(["server"]))
+    assert (default.trust_forwarded, default.access_log) == ((), "stdout")
+
+
+def test_a_bad_trust_forwarded_network_is_a_usage_error():
+    args = build_parser().parse_args(["server", "--trust-forwarded", "10.0.0.0/99"])
+    with pytest.raises(UsageError, match="--trust-forwarded must be an IP network"):
+        cli.server_config(args)
+
+
+def test_access_log_off_writes_no_lines(ytun_cli, origin):
+    if CURL is None:
+        pytest.skip("curl is not installed")
+    port = free_port()
+    server, _client = start_pair(
+        ytun_cli, port, "--local", f"127.0.0.1:{origin}", server_args=("--access-log", "off")
+    )
+    assert curl(f"http://127.0.0.1:{port}/quiet", f"app.test:{port}").startswith("origin says")
+    server.stop(signal.SIGTERM)
+    assert not [line for line in server.stdout if "/quiet" in line]
+    assert not [line for line in server.stderr if "/quiet" in line]

@@ -52,6 +52,15 @@ def test_server_example_loads(examples):
     assert loaded.tls_cert == pathlib.Path("/etc/letsencrypt/live/tunnel.example.com/fullchain.pem")
     assert (loaded.idle_timeout, loaded.grace, loaded.max_connections) == (120.0, 5.0, 10000)
     assert loaded.forwarded_headers is True
+    assert loaded.trust_forwarded == ["10.0.0.0/8", "fd00::/8"]
+    assert loaded.access_log == "stdout"
+
+
+def test_an_access_log_file_is_relative_to_the_config_file(tmp_path):
+    loaded = load_server_file(write(tmp_path, '[server]\naccess_log = "logs/access.log"\n'))
+    assert loaded.access_log == str(tmp_path / "logs" / "access.log")
+    loaded = load_server_file(write(tmp_path, '[server]\naccess_log = "off"\n'))
+    assert loaded.access_log == "off"
 
 
 def test_client_example_loads(examples):
@@ -159,6 +168,10 @@ def test_a_near_miss_is_suggested(tmp_path):
         ('listen = "8000"', "server.listen needs HOST:PORT"),
         ('hosts = { "http://a.test" = "x" }', "takes a host name, not a URL"),
         ('tcp = { "nonsense" = "x" }', "server.tcp.nonsense must be HOST:PORT or :PORT"),
+        ('trust_forwarded = "10.0.0.0/8"', "server.trust_forwarded must be an array of strings"),
+        ("trust_forwarded = [10]", "server.trust_forwarded must hold strings, got a number"),
+        ('trust_forwarded = ["10.0.0.0/33"]', "server.trust_forwarded must be an IP network"),
+        ('access_log = ""', "server.access_log must not be empty"),
     ],
 )
 def test_wrong_server_values_name_the_key_and_the_file(tmp_path, text, message):
