@@ -28,6 +28,7 @@ side takes as a line break and the other as header text is how requests get smug
 from __future__ import annotations
 
 import enum
+import re
 from collections import deque
 from typing import Final
 
@@ -697,11 +698,18 @@ class ResponseHead:
         self.switched = False  # 101, or 2xx to CONNECT: the stream carries raw bytes now
 
 
+# A header block where every line is ``name:value``, the name without whitespace: a line
+# that is not (no colon, whitespace before the colon, a folded line) is where two readers
+# can disagree on a field, so it is refused rather than relayed (RFC 9112 §5.1).
+_FIELD_LINES = re.compile(rb"(?:[^\s:]+:[^\r\n]*\r\n)*")
+_FRAMING_FIELD = re.compile(rb"\r\n(content-length|transfer-encoding|connection):([^\r\n]*)")
+
+
 def parse_response_head(raw: bytes) -> ResponseHead:
     """Status and framing of a complete response head (CRLF line endings checked by the
     splitter). Malformed framing is an :class:`HttpError` 502."""
-    lines = raw[:-4].split(b"\r\n")
-    status_line = lines[0]
+    line_end = raw.find(b"\r\n")
+    status_line = raw[:line_end]
     if (
         len(status_line) < 12
         or not status_line.startswith(b"HTTP/1.")
@@ -711,15 +719,12 @@ def parse_response_head(raw: bytes) -> ResponseHead:
         or status_line[12:13] not in (b"", b" ")
     ):
         raise HttpError(502, "malformed response from the tunnel")
+    if _FIELD_LINES.fullmatch(raw, line_end + 2, len(raw) - 2) is None:
+        raise HttpError(502, "malformed response header from the tunnel")
     head = ResponseHead(int(status_line[9:12]), status_line[5:8])
     codings: list[bytes] | None = None
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        # No name, whitespace before the colon, or a folded line: where two readers can
-        # disagree on a field, so it is refused rather than relayed (RFC 9112 §5.1).
-        if not sep or not name or b" " in name or b"\t" in name:
-            raise HttpError(502, "malformed response header from the tunnel")
-        name = name.lower()
+    # Only the framing fields matter; they are found in one pass over the lowered head.
+    for name, value in _FRAMING_FIELD.findall(raw.lower(), line_end):
         if name == b"content-length":
             for item in value.split(b","):
                 item = item.strip()
@@ -732,9 +737,9 @@ def parse_response_head(raw: bytes) -> ResponseHead:
         elif name == b"transfer-encoding":
             if codings is None:
                 codings = []
-            codings.extend(token.strip().lower() for token in value.split(b","))
-        elif name == b"connection":
-            tokens = {token.strip().lower() for token in value.split(b",")}
+            codings.extend(token.strip() for token in value.split(b","))
+        else:
+            tokens = {token.strip() for token in value.split(b",")}
             if b"close" in tokens:
                 head.close = True
             elif b"keep-alive" in tokens and head.version == b"1.0":
