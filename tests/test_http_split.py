@@ -694,3 +694,88 @@ def test_message_boundaries_agree_with_llhttp(stream: bytes) -> None:
     theirs = llhttp_boundaries(stream)
     shorter = min(len(ours), len(theirs))
     assert ours[:shorter] == theirs[:shorter]  # where both accept, they agree
+
+
+# -- the whole-message shortcut ------------------------------------------------------------
+
+
+def outcome_with_shortcut(make, pieces: list[bytes]) -> tuple[list, int | None]:
+    """:func:`outcome`, trying :meth:`whole_message` first on every piece received: the
+    shortcut must give exactly what the events give."""
+    splitter = make()
+    events: list = []
+    try:
+        for piece in pieces:
+            splitter.receive(piece)
+            head = splitter.whole_message()
+            if head is not None:  # head, all of its body, end: in one step
+                body = piece[piece.find(b"\r\n\r\n") + 4 : splitter.position]
+                events += [head, *([Body(body, 0, len(body))] if body else []), END]
+            while True:
+                event = splitter.next_event()
+                if event is NEED_DATA or event is PAUSED:
+                    break
+                events.append(event)
+    except HttpError as exc:
+        return messages(events), exc.status
+    return messages(events), None
+
+
+@PROFILE
+@given(st.data(), st.one_of(request_streams, mutated_streams))
+def test_the_whole_message_shortcut_agrees_with_the_events(
+    data: st.DataObject, stream: bytes
+) -> None:
+    pieces = data.draw(cuts(stream))
+    assert outcome_with_shortcut(RequestSplitter, pieces) == outcome(RequestSplitter, pieces)
+
+
+def test_the_shortcut_takes_a_plain_get_and_a_plain_answer() -> None:
+    requests = RequestSplitter()
+    requests.receive(GET)
+    head = requests.whole_message()
+    assert head is not None and head.raw == GET and requests.position == len(GET)
+    assert requests.next_event() is NEED_DATA
+    answers = response_splitter(GET)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    answers.receive(answer)
+    head = answers.whole_message()
+    assert head is not None and head.head.status == 200 and answers.position == len(answer)
+    assert answers.expected == 0 and answers.next_event() is NEED_DATA
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\r\n" + GET,
+        GET[:-2],
+        b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\r\nab",
+        b"GET / HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: a.test\r\n\r\n",
+    ],
+    ids=["empty-lines-first", "incomplete", "body-to-come", "upgrade", "bare-lf"],
+)
+def test_the_shortcut_leaves_anything_else_to_the_events(data: bytes) -> None:
+    splitter = RequestSplitter()
+    splitter.receive(data)
+    assert splitter.whole_message() is None
+    assert splitter.position == 0 and splitter.state is State.HEAD
+
+
+@PROFILE
+@given(
+    st.data(),
+    st.one_of(
+        st.lists(response_parts, min_size=1, max_size=5).map(b"".join),
+        st.builds(
+            mutate,
+            st.lists(response_parts, min_size=1, max_size=5).map(b"".join),
+            st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=3),
+        ),
+    ),
+)
+def test_the_shortcut_agrees_with_the_events_on_answers(data: st.DataObject, stream: bytes) -> None:
+    pieces = data.draw(cuts(stream))
+    assert outcome_with_shortcut(any_response_splitter, pieces) == outcome(
+        any_response_splitter, pieces
+    )

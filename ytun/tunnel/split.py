@@ -354,6 +354,50 @@ class _Splitter:
             raise AssertionError(f"{self._side} splitter: {self.state} -> {state}")
         self.state = state
 
+    def whole_message(self) -> Head | None:
+        """The common case in one step: the bytes received start with one complete,
+        ordinary message (no upgrade, no interim answer) whose body, if any, is all there.
+        Returns its :class:`Head` with the message accounted for up to and including its
+        END; more bytes may follow it (read them with :meth:`next_event`). Returns None,
+        with nothing consumed, for anything else: :meth:`next_event` then does the work."""
+        if (
+            self.state is not _HEAD
+            or self._pos
+            or self._partial
+            or self._ending
+            or self._error is not None
+        ):
+            return None
+        buffer = self._buffer
+        if not buffer or buffer[0] == 13:  # empty, or empty lines first: the slow path
+            return None
+        try:
+            stop = scan_head(buffer, 0, b"")
+        except BareLineEnding:
+            return None  # next_event reports it
+        if stop < 0 or stop > self.max_head_size:
+            return None
+        raw = buffer if stop == len(buffer) else buffer[:stop]
+        try:
+            event = self._plain_head(raw, len(buffer) - stop)
+        except HttpError:
+            return None  # next_event reports it, the same way
+        if event is None:
+            return None
+        if self._ending:
+            self._ending = False
+            self._pos = stop
+        else:  # a Content-Length body, all of it received
+            self._pos = stop + self._remaining
+            self._remaining = 0
+        self._goto(self._after_message)
+        return event
+
+    def _plain_head(self, raw: bytes, body_received: int) -> Head | None:
+        """:meth:`_head_complete` for an ordinary message whose body is within
+        ``body_received`` bytes, else None without any change of state."""
+        raise NotImplementedError
+
     # -- heads ---------------------------------------------------------------------------
 
     def _next_head(self, buffer: bytes, pos: int, end: int) -> Event:
@@ -527,6 +571,23 @@ class RequestSplitter(_Splitter):
                 raise
             raw = collapsed
             head = parse_request_head(raw)
+        return self._accept(raw, head)
+
+    def _plain_head(self, raw: bytes, body_received: int) -> Head | None:
+        head = parse_request_head(raw)
+        if (
+            head.upgrade
+            or head.method == b"CONNECT"
+            or head.chunked
+            or head.transfer_codings is not None
+            or (head.content_length or 0) > body_received
+        ):
+            return None
+        event = self._accept(raw, head)
+        assert isinstance(event, Head)
+        return event
+
+    def _accept(self, raw: bytes, head: RequestHead) -> Event:
         check_request_framing(head)
         if head.absolute_host is not None:
             raw = with_host(raw, head.absolute_host)
@@ -590,7 +651,23 @@ class ResponseSplitter(_Splitter):
             raise HttpError(502, "unexpected data from the tunnel")
 
     def _head_complete(self, raw: bytes) -> Event:
+        return self._accept(raw, parse_response_head(raw))
+
+    def _plain_head(self, raw: bytes, body_received: int) -> Head | None:
+        if not self._requests:
+            return None
         head = parse_response_head(raw)
+        request = self._requests[0]
+        if head.status < 200 or head.chunked or request.upgrade or request.method == b"CONNECT":
+            return None
+        has_body = request.method != b"HEAD" and head.status not in (204, 304)
+        if has_body and (head.content_length is None or head.content_length > body_received):
+            return None
+        event = self._accept(raw, head)
+        assert isinstance(event, Head)
+        return event
+
+    def _accept(self, raw: bytes, head: ResponseHead) -> Event:
         request = self._requests[0]
         status = head.status
         if status == 101:
