@@ -265,6 +265,13 @@ class PublicProtocol(asyncio.Protocol):
         """Act on every request event the bytes received so far make up."""
         splitter = self._splitter
         try:
+            relay = self._relay
+            if (relay is None or not relay.busy) and self._waiting is None and not self._stopped:
+                # The common case first, in one step: a whole ordinary request at the start
+                # of the bytes, with nothing in flight before it (so it never waits).
+                whole = splitter.whole_message()
+                if whole is not None:
+                    self._whole_request(whole)
             while self._waiting is None and not self._stopped:
                 event = splitter.next_event()
                 if type(event) is Body:
@@ -292,6 +299,20 @@ class PublicProtocol(asyncio.Protocol):
             self._arm_head_timer()
         elif self._head_timer is not None:
             self._cancel_head_timer()
+
+    def _whole_request(self, event: Head) -> None:
+        """A request and all of its body, as the events Head, Body and END would give."""
+        if self._access is not None:
+            self._head_received = time.monotonic()
+        started = self._start_request(event)
+        assert started, "a request with nothing before it never waits"
+        length = event.head.content_length
+        if length and self._sink is not None:
+            stop = self._splitter.position
+            self._sink.send_body(self._splitter.received[stop - length : stop])
+        self._sink = None
+        if self._splitter.closed:
+            self._close_if_done()
 
     def _upgrade_paused(self) -> bool:
         """The splitter waits for the answer to an upgrade request: True if it is known
@@ -748,6 +769,16 @@ class ResponseRelay(asyncio.Protocol):
         # Bytes are relayed as received, in as few writes as possible: up to each point
         # where the public side may write on its own (an answer complete, an upgrade).
         relayed = 0
+        # The common case first, in one step: an ordinary answer, whole, at the start.
+        whole = splitter.whole_message()
+        if whole is not None:
+            self.answer_started = True
+            self._answer_head(whole)  # ordinary: never an upgrade's answer
+            relayed = self._relay(public, data, 0)
+            if not self._answer_done():
+                return
+            if relayed == len(data):
+                return
         try:
             while True:
                 event = splitter.next_event()

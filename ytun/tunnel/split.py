@@ -252,6 +252,11 @@ class _Splitter:
         self._pos = 0
 
     @property
+    def received(self) -> bytes:
+        """The buffer :attr:`position` is an offset in."""
+        return self._buffer
+
+    @property
     def position(self) -> int:
         """Offset in the last received buffer of the first byte not yet accounted for."""
         return self._pos
@@ -370,6 +375,8 @@ class _Splitter:
             return None
         buffer = self._buffer
         if not buffer or buffer[0] == 13:  # empty, or empty lines first: the slow path
+            return None
+        if buffer.find(b"\r\n\r\n") < 0:  # not whole: scan_head looks at it once, later
             return None
         try:
             stop = scan_head(buffer, 0, b"")

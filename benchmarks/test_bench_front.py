@@ -1,0 +1,101 @@
+"""Micro-benchmark of the server's public side per keep-alive request, without sockets:
+``PublicProtocol`` and its ``ResponseRelay`` between fake transports, so the figure is the
+Python work of routing, splitting, forwarding and relaying one request and its answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ytun import Server
+from ytun.tunnel.front import PublicProtocol
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: bench.local:8000\r\nUser-Agent: wrk\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: text/plain\r\n\r\nhello world\n"
+
+
+class FakeTransport(asyncio.Transport):
+    """Counts what is written; reports a loopback peer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = 0
+        self.protocol: asyncio.BaseProtocol | None = None
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def writelines(self, list_of_data) -> None:
+        for data in list_of_data:
+            self.written += len(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default=None):
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000)}.get(
+            name, default
+        )
+
+
+class FakeLink:
+    """Hands every requested stream over at once, as a connected client would."""
+
+    def __init__(self) -> None:
+        self.stream = FakeTransport()
+        self.relay = None
+
+    def request_stream(self, kind: int, port: int, protocol) -> None:
+        self.relay = protocol
+        protocol.connection_made(self.stream)
+
+
+async def _front():
+    server = Server(access_log=None) if _takes_access_log() else Server()
+    server.add_host("bench.local:8000", "BENCH-ID")
+    link = FakeLink()
+    server.link_for = lambda identifier: link  # the only client
+    public = PublicProtocol(server)
+    transport = FakeTransport()
+    public.connection_made(transport)  # the server's bookkeeping needs a running loop
+    return public, link, transport
+
+
+def _takes_access_log() -> bool:
+    import inspect
+
+    return "access_log" in inspect.signature(Server).parameters
+
+
+def test_bench_keep_alive_request_through_the_front(benchmark):
+    loop = asyncio.new_event_loop()
+
+    async def run() -> None:
+        public, link, transport = await _front()
+
+        def one_request() -> None:
+            public.data_received(REQUEST)
+            link.relay.data_received(RESPONSE)
+
+        one_request()  # the stream is opened by the first request and reused after
+        before = transport.written
+        benchmark(one_request)
+        assert link.stream.written > len(REQUEST)  # requests went down the stream...
+        assert transport.written > before  # ...and answers came back to the public side
+        public.connection_lost(None)
+
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
