@@ -299,8 +299,10 @@ async def test_head_sent_one_byte_per_write_is_scanned_once(
                     await asyncio.sleep(0)  # let the server read small segments
             answer = await read_response(reader)
         assert answer.status == 200 and len(recorder.requests) == 1
+    # Each byte once, not once per write. (An answer that arrives whole is checked in one
+    # step, without scan_head; one that arrives in pieces goes through it once.)
     answer_size = len(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok1")
-    assert sum(scanned) == len(request) + answer_size  # each byte once, not once per write
+    assert len(request) <= sum(scanned) <= len(request) + answer_size
 
 
 # -- issue 12 item 10: the keep-alive close race ---------------------------------------------

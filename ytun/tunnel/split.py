@@ -376,14 +376,12 @@ class _Splitter:
         buffer = self._buffer
         if not buffer or buffer[0] == 13:  # empty, or empty lines first: the slow path
             return None
-        if buffer.find(b"\r\n\r\n") < 0:  # not whole: scan_head looks at it once, later
-            return None
-        try:
-            stop = scan_head(buffer, 0, b"")
-        except BareLineEnding:
-            return None  # next_event reports it
-        if stop < 0 or stop > self.max_head_size:
-            return None
+        stop = buffer.find(b"\r\n\r\n") + 4
+        if stop < 4 or stop > self.max_head_size:
+            return None  # not whole (scan_head looks at it once, later), or too large
+        crlf = buffer.count(b"\r\n", 0, stop)
+        if buffer.count(b"\n", 0, stop) != crlf or buffer.count(b"\r", 0, stop) != crlf:
+            return None  # a bare LF or CR: next_event reports it
         raw = buffer if stop == len(buffer) else buffer[:stop]
         try:
             event = self._plain_head(raw, len(buffer) - stop)
