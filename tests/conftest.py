@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterator, Mapping
 from types import ModuleType
 
@@ -56,7 +57,15 @@ def no_loop_errors() -> Iterator[list[dict]]:
     assert not errors, f"unhandled errors in the event loop: {errors}"
 
 
-settings.register_profile("long", max_examples=20_000, deadline=None)
+LONG_EXAMPLES = 20_000
+settings.register_profile("long", max_examples=LONG_EXAMPLES, deadline=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Property tests that pin their own settings read their example count from
+    # YTUN_FUZZ_EXAMPLES; the long profile raises it for all of them at once.
+    if config.getoption("--hypothesis-profile", default=None) == "long":
+        os.environ.setdefault("YTUN_FUZZ_EXAMPLES", str(LONG_EXAMPLES))
 
 
 @pytest.fixture(params=frames.available(), ids=frames.implementation_name)

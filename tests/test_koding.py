@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -29,7 +30,9 @@ from ytun.tunnel.koding import (
     control_message,
 )
 
-PROPERTY = settings(max_examples=200, deadline=None, database=None)
+PROPERTY = settings(
+    max_examples=int(os.environ.get("YTUN_FUZZ_EXAMPLES", "200")), deadline=None, database=None
+)
 
 
 def decode_all(*chunks: bytes) -> list[ControlMessage]:

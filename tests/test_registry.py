@@ -6,6 +6,8 @@ labels that never give away an identifier) and the host/port text helpers
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -155,7 +157,9 @@ def test_label_after_the_last_host_is_deleted_does_not_echo_the_identifier() -> 
     assert "secret-1" not in registry.label("secret-1")
 
 
-@settings(max_examples=200, deadline=None, database=None)
+@settings(
+    max_examples=int(os.environ.get("YTUN_FUZZ_EXAMPLES", "200")), deadline=None, database=None
+)
 @given(
     hosts=st.dictionaries(
         st.from_regex(r"[a-z0-9]{1,8}\.example\.com", fullmatch=True),
@@ -313,7 +317,9 @@ IPV4 = st.ip_addresses(v=4).map(str)
 IPV6 = st.ip_addresses(v=6).map(lambda address: f"[{address}]")
 
 
-@settings(max_examples=200, deadline=None, database=None)
+@settings(
+    max_examples=int(os.environ.get("YTUN_FUZZ_EXAMPLES", "200")), deadline=None, database=None
+)
 @given(name=HOST_NAMES | IPV4 | IPV6, port=st.integers(min_value=1, max_value=65535))
 def test_split_host_port_round_trips_valid_names_and_ports(name: str, port: int) -> None:
     expected_name = name[1:-1] if name.startswith("[") else name

@@ -28,6 +28,7 @@ from ..errors import (
 from ..yamux import Config, Session
 from . import koding
 from .addr import parse_addr
+from .events import StateFeed
 from .http1 import find_head_end
 from .splice import CloseAtOnce, Pipe, PipeEnd
 
@@ -141,8 +142,9 @@ class Client:
         self.dial_timeout = dial_timeout
         #: Stop (instead of retrying) when the server does not know the identifier.
         self.exit_on_refused = exit_on_refused
-        self._listener = on_state_change
-        self._queues: list[asyncio.Queue[ClientStateChange]] = []
+        self._states: StateFeed[ClientStateChange] = StateFeed(
+            on_state_change, logger, is_last=lambda change: change.current is ClientState.CLOSED
+        )
         self.state = ClientState.UNKNOWN
         self._session: Session | None = None
         self._closing = False
@@ -156,33 +158,13 @@ class Client:
 
     def state_changes(self) -> AsyncIterator[ClientStateChange]:
         """Every state change from this call on, until the client is closed."""
-        queue: asyncio.Queue[ClientStateChange] = asyncio.Queue()
-        self._queues.append(queue)  # now, not at the first iteration: no change is missed
-        return self._iterate_states(queue)
-
-    async def _iterate_states(
-        self, queue: asyncio.Queue[ClientStateChange]
-    ) -> AsyncIterator[ClientStateChange]:
-        try:
-            while True:
-                change = await queue.get()
-                yield change
-                if change.current is ClientState.CLOSED:
-                    return
-        finally:
-            self._queues.remove(queue)
+        return self._states.subscribe()
 
     def _set_state(self, state: ClientState, error: BaseException | None = None) -> None:
         change = ClientStateChange(self.state, state, error)
         self.state = state
         logger.debug("client state %s", change)
-        if self._listener is not None:
-            try:
-                self._listener(change)
-            except Exception:
-                logger.exception("client state listener failed")
-        for queue in self._queues:
-            queue.put_nowait(change)
+        self._states.publish(change)
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until the tunnel is up (the handshake completed)."""

@@ -114,6 +114,9 @@ class PublicProtocol(asyncio.Protocol):
 
     def __init__(self, gateway: Gateway, *, head_timeout: float = HEAD_TIMEOUT) -> None:
         self._gateway = gateway
+        # The last Host routed on this connection, decoded and split once.
+        self._host_seen = b""
+        self._host_parsed: tuple[str, int] = ("", 0)
         self._head_timeout = head_timeout
         self._head_timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
@@ -342,11 +345,16 @@ class PublicProtocol(asyncio.Protocol):
         """``(identifier, protocol, port)``, or ``(None, status, message)`` for an error."""
         if not head.host:
             return None, 502, "request host is empty"
-        host = head.host.decode("latin-1").lower()
-        identifier = self._gateway.lookup_host(host)
+        if head.host == self._host_seen:  # keep-alive: the same Host again
+            host, port = self._host_parsed
+        else:
+            host = head.host.decode("latin-1").lower()
+            port = split_host_port(host)[1]
+            self._host_seen, self._host_parsed = head.host, (host, port)
+        identifier = self._gateway.lookup_host(host)  # every time: routes may change
         if identifier is None:
             return None, 502, f"no virtual host available for {go_quote(host)}"
-        return identifier, koding.WS if head.websocket else koding.HTTP, split_host_port(host)[1]
+        return identifier, koding.WS if head.websocket else koding.HTTP, port
 
     def _start_request(self, event: Head) -> bool:
         """Route and forward one request; False if it must wait for earlier answers."""

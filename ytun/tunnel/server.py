@@ -23,6 +23,7 @@ from ..yamux import Config
 from . import koding
 from .access import AccessLog, AccessLogSetting, open_access_log
 from .connections import PublicConnections
+from .events import StateFeed
 from .front import HEAD_TIMEOUT, Network, PublicProtocol
 from .http1 import MAX_HEAD_SIZE, RequestHead, error_response
 from .limits import default_max_connections
@@ -102,8 +103,7 @@ class Server:
         if self.max_connections <= 0:
             raise ValueError("max_connections must be positive")
         self._at_capacity = False
-        self._listener = on_state_change
-        self._queues: list[asyncio.Queue[ServerStateChange]] = []
+        self._states: StateFeed[ServerStateChange] = StateFeed(on_state_change, logger)
         self._public = PublicConnections(idle_timeout)
         self._links = ClientLinks(
             self.registry,
@@ -111,7 +111,7 @@ class Server:
             stream_timeout=stream_timeout,
             handshake_timeout=handshake_timeout,
             duplicate_ping_timeout=duplicate_ping_timeout,
-            on_change=self._state_changed,
+            on_change=self._states.publish,
             on_client_leaving=self._public.client_leaving,
             refusals=TokenBuckets(refusal_rate, refusal_burst),
         )
@@ -144,27 +144,7 @@ class Server:
 
     def state_changes(self) -> AsyncIterator[ServerStateChange]:
         """Every client state change from this call on, until the iterator is closed."""
-        queue: asyncio.Queue[ServerStateChange] = asyncio.Queue()
-        self._queues.append(queue)  # now, not at the first iteration: no change is missed
-        return self._iterate_states(queue)
-
-    async def _iterate_states(
-        self, queue: asyncio.Queue[ServerStateChange]
-    ) -> AsyncIterator[ServerStateChange]:
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._queues.remove(queue)
-
-    def _state_changed(self, change: ServerStateChange) -> None:
-        if self._listener is not None:
-            try:
-                self._listener(change)
-            except Exception:
-                logger.exception("server state listener failed")
-        for queue in self._queues:
-            queue.put_nowait(change)
+        return self._states.subscribe()
 
     @property
     def clients(self) -> list[ClientInfo]:
