@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -529,3 +530,16 @@ async def test_secret_identifier_never_logged(caplog):
         secret = tunnel.identifier
     assert secret not in caplog.text
     assert caplog.records  # something was logged at all
+
+
+async def test_the_connect_line_says_where_traffic_goes(caplog):
+    """On connect the client says where each kind of stream is sent, never the secret."""
+    with caplog.at_level(logging.INFO, logger="ytun.client"):
+        tunnel = Tunnel(client_kwargs={"tcp_local": {7000: "127.0.0.1:22"}})
+        async with tunnel:
+            pass
+    lines = [r.getMessage() for r in caplog.records if "tunnel connected to" in r.getMessage()]
+    assert lines, caplog.text
+    assert f"HTTP and WebSocket -> {tunnel.origin}" in lines[0]
+    assert "TCP 7000 -> 127.0.0.1:22" in lines[0]
+    assert tunnel.identifier not in caplog.text

@@ -21,6 +21,7 @@ def test_compiled_module_is_loaded_unless_disabled():
     if os.environ.get("YTUN_NO_EXTENSIONS"):
         assert frames.implementation is _frames_py
         return
+    assert not frames.COMPILED_MISSING, "ytun was built without its compiled codec"
     compiled = importlib.import_module("ytun._frames")
     assert frames.implementation is compiled
     assert pathlib.Path(compiled.__file__).suffix in (".so", ".pyd")

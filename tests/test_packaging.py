@@ -1,0 +1,81 @@
+"""Installing without a C compiler: the build falls back to the pure-Python codec with a
+notice, and a package without the compiled module runs (on the twin) without being told,
+never failing with a misleading "circular import" error."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import ytun
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SOURCE_TREE = (ROOT / "setup.py").exists() and (ROOT / "ytun" / "_frames.pyx").exists()
+
+# Imports ytun as if the compiled module had never been built.
+WITHOUT_COMPILED = """
+import importlib.abc, sys
+class NoCompiled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "ytun._frames":
+            raise ModuleNotFoundError("No module named 'ytun._frames'", name=name)
+        return None
+sys.meta_path.insert(0, NoCompiled())
+import ytun
+from ytun.yamux import codec
+from ytun import _frames_py
+assert codec.implementation is _frames_py and codec.COMPILED_MISSING
+assert codec.decode_header(codec.encode_header(0, 2, 5, 7)) == (0, 0, 2, 5, 7)
+print("twin in use")
+"""
+
+
+def test_a_package_without_the_compiled_module_runs_on_the_twin() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "YTUN_NO_EXTENSIONS"}
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_COMPILED],
+        cwd=pathlib.Path(ytun.__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "twin in use" in result.stdout
+    assert "circular import" not in result.stderr
+
+
+@pytest.mark.skipif(not SOURCE_TREE, reason="needs the source tree (setup.py), not a wheel")
+def test_a_build_without_a_working_compiler_installs_the_pure_codec(tmp_path) -> None:
+    pytest.importorskip("Cython", reason="building needs Cython (the test extra has it)")
+    tree = tmp_path / "src"
+    shutil.copytree(
+        ROOT,
+        tree,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv*", "build", "dist", "results", "*.so", "*.c", "__pycache__", "*.egg-info"
+        ),
+    )
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    for name in ("cc", "gcc", "x86_64-linux-gnu-gcc", "aarch64-linux-gnu-gcc", "clang"):
+        (broken / name).write_text("#!/bin/sh\necho 'no compiler here' >&2\nexit 1\n")
+        (broken / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "YTUN_NO_EXTENSIONS"}
+    env.update(PATH=f"{broken}{os.pathsep}{env.get('PATH', '')}", CC=str(broken / "cc"))
+    result = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "installing the pure-Python codec" in result.stdout + result.stderr
+    assert not list((tree / "ytun").glob("_frames*.so"))
