@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 
 import pytest
 
@@ -405,3 +406,31 @@ async def test_pipe_joins_two_tcp_connections_both_ways_with_half_close() -> Non
         for server in servers:
             server.close()
             await server.wait_closed()
+
+
+class ResetTransport(FakeTransport):
+    """A socket transport whose peer already reset the connection: the stock asyncio
+    loop's write_eof() calls shutdown(), which fails with ENOTCONN."""
+
+    def write_eof(self) -> None:
+        self.calls.append("write_eof")
+        raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+
+def test_a_half_close_towards_a_reset_connection_aborts_it_without_raising() -> None:
+    pipe = Pipe()
+    first, second = FakeTransport(), ResetTransport()
+    pipe.sides[0].connection_made(first)
+    pipe.sides[1].connection_made(second)
+    keep_open = pipe.sides[0].eof_received()  # the stream's FIN, passed on to the socket
+    assert keep_open is True
+    assert second.calls[-2:] == ["write_eof", "abort"]
+
+
+def test_an_early_eof_towards_a_reset_connection_aborts_it_without_raising() -> None:
+    pipe = Pipe()
+    first, second = FakeTransport(), ResetTransport()
+    pipe.sides[0].connection_made(first)
+    pipe.sides[0].eof_received()  # before the second side exists
+    pipe.sides[1].connection_made(second)
+    assert "abort" in second.calls
