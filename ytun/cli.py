@@ -23,6 +23,7 @@ from .demo import start_demo_app
 from .errors import IdentifierRefusedError
 from .settings import (
     LOG_LEVELS,
+    SERVER_KEYS,
     ClientFile,
     ServerFile,
     UsageError,
@@ -438,18 +439,11 @@ def _server_tls(cert: str | Path, key: str | Path) -> ssl.SSLContext:
 
 #: Server keys a reload applies at once (hosts and tcp aside).
 RELOADED_KEYS = ("log_level", "grace")
+#: Routes (hosts, TCP) are applied by every reload, key by key.
+ROUTE_KEYS = ("hosts", "tcp")
 #: Server keys fixed at start: a reload that changes them says they wait for a restart.
-RESTART_KEYS = (
-    "listen",
-    "tls_cert",
-    "tls_key",
-    "forwarded_headers",
-    "trust_forwarded",
-    "access_log",
-    "max_connections",
-    "idle_timeout",
-    "stream_timeout",
-    "handshake_timeout",
+RESTART_KEYS = tuple(
+    key for key in SERVER_KEYS if key not in RELOADED_KEYS and key not in ROUTE_KEYS
 )
 
 
