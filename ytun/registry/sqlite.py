@@ -188,6 +188,8 @@ def _reason(exc: sqlite3.Error) -> str:
         return f"{text} (it is not a SQLite file, or it is damaged; it was left untouched)"
     if "locked" in text:
         return f"{text} (another process, such as a second server, has it open)"
+    if "disk I/O error" in text:
+        return f"{text} (WAL mode writes a -wal file next to the file: may this user write there?)"
     if "readonly" in text:
         return f"{text} (this user may not write the file or its directory)"
     return text
