@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -430,7 +431,7 @@ class Bench:
         self.targets.append(target)
         return target
 
-    def start_plan(self, name: str, kind: str, make_plan) -> Target:
+    def start_plan(self, name: str, kind: str, make_plan: Callable[[], Plan]) -> Target:
         """Start a Plan's processes, wait until GET / answers through it; three tries on
         fresh ports when a log says a port was taken meanwhile."""
         for attempt in range(3):
