@@ -4,8 +4,11 @@
 
 1. an origin of its own (``benchmarks/e2e/origin.py``, uvloop + httptools): ``GET /`` answers
    ``hello world\\n``, ``GET /bytes?n=N`` N bytes, ``POST /upload`` the length of the body;
-2. ``ytun server`` and ``ytun client`` as subprocesses (``--log-level warning``), and, with
-   ``--peer-server/--peer-client``, another tunnel started from templates with the same values;
+2. ``ytun server`` and ``ytun client`` as subprocesses (``--log-level warning``); with
+   ``--peers`` the built-in peers (``tls_peer``: ytun over TLS, ``ssh_peer``: a throw-away sshd
+   and ``ssh -R``, ``nginx_peer``: one nginx proxy hop; a missing program skips its column,
+   with the reason); with ``--peer-server/--peer-client`` another tunnel started from
+   templates with the same values;
 3. for every connection count (``--connections``, default 1,32,256,1000): wrk (or hey, or the
    built-in generator) for ``--duration`` seconds with keep-alive connections, then with a new
    connection per request, direct to the origin (the ceiling) and through each tunnel,
@@ -16,5 +19,5 @@
 Output (``--out``, default ``results/<time>/``): ``results.json``, ``results.md``, a chart
 ``results.png`` when matplotlib is installed, ``logs/`` (each process's output) and ``raw/``
 (each load generator's output). ``--quick`` is the smoke test's tiny run. ``--help`` lists the
-template placeholders. ``setup.sh`` installs wrk, hey and curl.
+template placeholders. ``setup.sh`` installs wrk, hey, curl, OpenSSH and nginx.
 """

@@ -8,6 +8,8 @@ nothing outside Python. Each mode prints one JSON object on stdout:
     python -m benchmarks.e2e.builtin download --port P [--host H] --size BYTES
     python -m benchmarks.e2e.builtin upload --port P [--host H] --size BYTES
 
+``--tls-ca FILE`` speaks HTTPS instead, verifying the server with that CA certificate.
+
 Latency is measured from just before the request is written (and, for a new connection,
 before the connect) to the last byte of the response, as hey does. Errors are connect
 failures, resets, timeouts and non-2xx answers. Only 127.0.0.1 is ever dialled.
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import math
+import ssl
 import sys
 import time
 from collections import Counter
@@ -86,9 +89,20 @@ def _percentile(values: list[float], fraction: float) -> float | None:
     return values[index]  # nearest rank
 
 
+def _context(tls_ca: str | None) -> ssl.SSLContext | None:
+    return ssl.create_default_context(cafile=tls_ca) if tls_ca else None
+
+
 async def load(
-    port: int, host: str | None, connections: int, duration: float, close: bool, timeout: float
+    port: int,
+    host: str | None,
+    connections: int,
+    duration: float,
+    close: bool,
+    timeout: float,
+    tls_ca: str | None = None,
 ) -> dict:
+    context = _context(tls_ca)
     loop = asyncio.get_running_loop()
     host_header = host or f"{TARGET}:{port}"
     request = (
@@ -108,7 +122,7 @@ async def load(
             try:
                 if conn is None or conn.closed:
                     _, conn = await asyncio.wait_for(
-                        loop.create_connection(_Conn, TARGET, port), timeout
+                        loop.create_connection(_Conn, TARGET, port, ssl=context), timeout
                     )
                 status, keep_alive = await asyncio.wait_for(conn.request(request), timeout)
             except (asyncio.TimeoutError, TimeoutError):
@@ -179,10 +193,14 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, int, bytes]
     return status, seen, first
 
 
-async def transfer(mode: str, port: int, host: str | None, size: int) -> dict:
+async def transfer(
+    mode: str, port: int, host: str | None, size: int, tls_ca: str | None = None
+) -> dict:
     host_header = host or f"{TARGET}:{port}"
     start = time.perf_counter()
-    reader, writer = await asyncio.open_connection(TARGET, port, limit=4 * CHUNK)
+    reader, writer = await asyncio.open_connection(
+        TARGET, port, limit=4 * CHUNK, ssl=_context(tls_ca)
+    )
     try:
         if mode == "download":
             writer.write(
@@ -230,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--close", action="store_true", help="a new connection per request")
     parser.add_argument("--timeout", type=float, default=5.0, help="per request, seconds")
     parser.add_argument("--size", type=int, default=CHUNK, help="transfer size in bytes")
+    parser.add_argument("--tls-ca", help="speak HTTPS, verifying the server with this CA (PEM)")
     args = parser.parse_args(argv)
     try:
         import uvloop
@@ -239,11 +258,19 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.run
     if args.mode == "load":
         result = runner(
-            load(args.port, args.host, args.connections, args.duration, args.close, args.timeout)
+            load(
+                args.port,
+                args.host,
+                args.connections,
+                args.duration,
+                args.close,
+                args.timeout,
+                args.tls_ca,
+            )
         )
     else:
         try:
-            result = runner(transfer(args.mode, args.port, args.host, args.size))
+            result = runner(transfer(args.mode, args.port, args.host, args.size, args.tls_ca))
         except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
             result = {
                 "status": 0,

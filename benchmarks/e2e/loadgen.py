@@ -31,10 +31,12 @@ class LoadSpec:
     keepalive: bool = True
     threads: int = 2
     timeout: float = 30.0  # extra seconds past the duration before the tool is killed
+    # https with this CA (wrk and hey do not verify certificates; the built-in one does)
+    tls_ca: Path | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}/"
+        return f"{'https' if self.tls_ca else 'http'}://{LOOPBACK}:{self.port}/"
 
 
 def pick_tool(wanted: str) -> str:
@@ -215,6 +217,8 @@ def builtin_command(spec: LoadSpec) -> list[str]:
         command += ["--host", spec.host]
     if not spec.keepalive:
         command.append("--close")
+    if spec.tls_ca:
+        command += ["--tls-ca", str(spec.tls_ca)]
     return command
 
 
@@ -244,10 +248,14 @@ def curl_transfer(
     size: int,
     upload_file: Path | None,
     timeout: float = 120.0,
+    tls_ca: Path | None = None,
 ) -> dict:
     base = ["curl", "-sS", "--max-time", f"{timeout:g}", "-H", "Expect:"]
     if host:
         base += ["-H", f"Host: {host}"]
+    if tls_ca:
+        base += ["--cacert", str(tls_ca)]
+    origin = f"{'https' if tls_ca else 'http'}://{LOOPBACK}:{port}"
     if kind == "download":
         command = [
             *base,
@@ -255,7 +263,7 @@ def curl_transfer(
             "/dev/null",
             "-w",
             "%{http_code} %{size_download} %{speed_download} %{time_total}",
-            f"http://{LOOPBACK}:{port}/bytes?n={size}",
+            f"{origin}/bytes?n={size}",
         ]
     else:
         assert upload_file is not None
@@ -271,7 +279,7 @@ def curl_transfer(
             "-",
             "-w",
             "\n%{http_code} %{size_upload} %{speed_upload} %{time_total}",
-            f"http://{LOOPBACK}:{port}/upload",
+            f"{origin}/upload",
         ]
     status, out, err = run_bounded(command, timeout + 15)
     result = {
@@ -309,7 +317,12 @@ def curl_transfer(
 
 
 def builtin_transfer(
-    kind: str, port: int, host: str | None, size: int, timeout: float = 120.0
+    kind: str,
+    port: int,
+    host: str | None,
+    size: int,
+    timeout: float = 120.0,
+    tls_ca: Path | None = None,
 ) -> dict:
     command = [
         sys.executable,
@@ -323,6 +336,8 @@ def builtin_transfer(
     ]
     if host:
         command += ["--host", host]
+    if tls_ca:
+        command += ["--tls-ca", str(tls_ca)]
     status, out, err = run_bounded(command, timeout)
     data = _parse_json(out) if status is not None else {}
     ok = bool(data.get("ok"))

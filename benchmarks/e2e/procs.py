@@ -1,9 +1,11 @@
 """Subprocesses that are always reaped: start in their own session, measure from /proc, stop.
 
 Every child runs with ``start_new_session=True``, so a shell template and whatever it
-spawns share one session id; statistics add up every process of that session and stopping
-signals the whole group (SIGTERM, then SIGKILL after a grace period). ``REGISTRY`` holds
-every live child so that ``stop_all()`` can reap them on any exit path.
+spawns share one session id; statistics add up every process of that session and every
+descendant (sshd forks a process per connection that calls setsid(), so it leaves the
+session but stays a descendant), and stopping signals the whole group and those
+descendants (SIGTERM, then SIGKILL after a grace period). ``REGISTRY`` holds every live
+child so that ``stop_all()`` can reap them on any exit path.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import resource
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass
@@ -78,6 +81,44 @@ def _read_pid(pid: int) -> tuple[int, float, int, int, int, int] | None:
     return session, ticks / _CLK_TCK, rss, hwm, fds, threads
 
 
+def _parents() -> dict[int, tuple[int, int]]:
+    """``{pid: (parent pid, session id)}`` of every process now."""
+    result = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            result[int(entry)] = (int(fields[1]), int(fields[3]))
+    return result
+
+
+def _start_tick(pid: int) -> int | None:
+    """When ``pid`` started (ticks since boot), to tell it from a later process with its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def descendants(root: int, parents: dict[int, tuple[int, int]] | None = None) -> set[int]:
+    """Every process whose chain of parents leads to ``root`` (``root`` excluded)."""
+    parents = _parents() if parents is None else parents
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    found: set[int] = set()
+    todo = list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, ()))
+    return found
+
+
 _TCP_STATES = {
     "01": "ESTABLISHED",
     "02": "SYN_SENT",
@@ -131,15 +172,16 @@ def tcp_states(pids: list[int]) -> dict[str, int]:
 
 def foreign_cpu(exclude_sessions: set[int]) -> dict[int, tuple[int, float]]:
     """``{pid: (start tick, CPU seconds with reaped children)}`` of every user-space process
-    that is not ours: not this process, not its children, not in one of
+    that is not ours: not this process, not one of its descendants, not in one of
     ``exclude_sessions``, not a kernel thread (ksoftirqd does our loopback networking).
     Key ``0`` holds the time of the snapshot in ticks since boot."""
     me = os.getpid()
+    ours = descendants(me)
     result: dict[int, tuple[int, float]] = {}
     with contextlib.suppress(OSError, ValueError):
         result[0] = (int(float(Path("/proc/uptime").read_text().split()[0]) * _CLK_TCK), 0.0)
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
+        if not entry.isdigit() or int(entry) == me or int(entry) in ours:
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
@@ -214,24 +256,24 @@ class Proc:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
+    def family(self) -> set[int]:
+        """The child, the other members of its session and all of its descendants."""
+        if self.popen is None or self.popen.poll() is not None:
+            return set()
+        parents = _parents()
+        members = {self.pid} | descendants(self.pid, parents)
+        members |= {pid for pid, (_, sid) in parents.items() if sid == self.pid}
+        return members
+
     def stats(self, sockets: bool = False) -> ProcStats:
-        """Sum over every process of the child's session (a template may fork)."""
+        """Sum over the child's family (a template may fork; sshd forks per connection)."""
         result = ProcStats()
         if self.popen is None:
             return result
-        own = _read_pid(self.pid)
-        if own is None:
-            return result
-        sid = own[0]
-        pids = [self.pid]
-        if sid == self.pid:  # our session: look for the children it spawned
-            for entry in os.listdir("/proc"):
-                if entry.isdigit() and int(entry) != self.pid:
-                    pids.append(int(entry))
         members = []
-        for pid in pids:
-            info = own if pid == self.pid else _read_pid(pid)
-            if info is None or info[0] != sid:
+        for pid in sorted(self.family()):
+            info = _read_pid(pid)
+            if info is None:
                 continue
             members.append(pid)
             result.pids += 1
@@ -255,6 +297,9 @@ class Proc:
         """SIGTERM the session's group, SIGKILL it after ``grace`` seconds; the exit status."""
         if self.popen is None:
             return None
+        # Descendants that left the session (setsid) are found now, before their parent
+        # exits and they are handed to init.
+        strays = {pid: _start_tick(pid) for pid in self.family() - {self.pid}}
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGTERM)
@@ -265,6 +310,10 @@ class Proc:
         # Whatever is left of the group (the leader or its children) goes now.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
+        for pid, started in strays.items():
+            if started is not None and _start_tick(pid) == started:  # not a recycled pid
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(5)
         if self._log is not None:
@@ -326,10 +375,20 @@ def port_open(port: int) -> bool:
 
 
 def http_get(
-    port: int, host: str | None, path: str = "/", timeout: float = 2.0
+    port: int,
+    host: str | None,
+    path: str = "/",
+    timeout: float = 2.0,
+    ca: Path | None = None,
 ) -> tuple[int, bytes]:
-    """One GET to 127.0.0.1:port with an optional Host header: (status, body)."""
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    """One GET to 127.0.0.1:port with an optional Host header: (status, body); over HTTPS,
+    verified with the CA certificate ``ca``, when it is given."""
+    conn: http.client.HTTPConnection
+    if ca is not None:
+        context = ssl.create_default_context(cafile=str(ca))
+        conn = http.client.HTTPSConnection(LOOPBACK, port, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
     try:
         headers = {"Host": host} if host else {}
         conn.request("GET", path, headers=headers)

@@ -38,6 +38,8 @@ def _errors(result: dict) -> str:
 
 def short(kind: str, result: dict) -> str:
     """One progress line."""
+    if result.get("skipped"):
+        return f"skipped: {result['skipped']}"
     if result.get("failed"):
         return f"FAILED: {result['failed'][:200]}"
     if kind in ("download", "upload"):
@@ -70,14 +72,25 @@ def log_findings(path: Path, limit: int = 8) -> dict:
 
 
 def _columns(data: dict) -> tuple[list[str], list[str]]:
+    """Every column, and those measured against direct (all but direct itself)."""
     names = list(data["targets"])
-    peers = [n for n in names if n not in ("direct", "ytun")]
-    return names, peers
+    return names, [n for n in names if n != "direct"]
+
+
+def _template_peers(data: dict) -> list[str]:
+    """Columns started from --peer-server/--peer-client (the Go original, usually)."""
+    return [
+        n
+        for n, t in data["targets"].items()
+        if t.get("kind", "template") == "template" and n not in ("direct", "ytun")
+    ]
 
 
 def _cell(kind: str, result: dict | None, field: str) -> str:
     if result is None:
         return "—"
+    if result.get("skipped"):
+        return "skipped"
     if result.get("failed"):
         return "failed"
     if kind in ("download", "upload"):
@@ -88,7 +101,7 @@ def _cell(kind: str, result: dict | None, field: str) -> str:
 
 
 def _value(kind: str, result: dict | None, field: str) -> float | None:
-    if not result or result.get("failed"):
+    if not result or result.get("failed") or result.get("skipped"):
         return None
     if kind in ("download", "upload"):
         return result.get("mb_per_s") or None
@@ -105,10 +118,10 @@ def _ratio_cell(kind: str, a: dict | None, b: dict | None, field: str) -> str:
 
 
 def main_table(data: dict) -> list[str]:
-    _, peers = _columns(data)
-    header = ["scenario", "direct", "ytun", "ytun/direct"]
-    for peer in peers:
-        header += [peer, f"ytun/{peer}"]
+    _, measured = _columns(data)
+    header = ["scenario", "direct"]
+    for name in measured:
+        header += [name, f"{name}/direct"]
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
@@ -123,17 +136,14 @@ def main_table(data: dict) -> list[str]:
         if kind in ("keepalive", "close"):
             rows.append(("lat", f"{scenario['label']}: p50 / p99 ms"))
         for field, label in rows:
-            ytun = results.get("ytun")
-            cells = [
-                label,
-                _cell(kind, results.get("direct"), field),
-                _cell(kind, ytun, field),
-                _ratio_cell(kind, ytun, results.get("direct"), field),
-            ]
-            for peer in peers:
+            direct = results.get("direct")
+            cells = [label, _cell(kind, direct, field)]
+            for name in measured:
+                result = results.get(name)
+                ratio = "skipped" if result and result.get("skipped") else None
                 cells += [
-                    _cell(kind, results.get(peer), field),
-                    _ratio_cell(kind, ytun, results.get(peer), field),
+                    _cell(kind, result, field),
+                    ratio or _ratio_cell(kind, result, direct, field),
                 ]
             lines.append("| " + " | ".join(cells) + " |")
     # Resources of the tunnel processes over the measured part of the run.
@@ -147,10 +157,6 @@ def main_table(data: dict) -> list[str]:
     ]
     for key, role, label in resource_rows:
 
-        def value(name: str, key=key, role=role) -> float | None:
-            proc = processes.get(f"{name}-{role}")
-            return None if proc is None else proc.get(key)
-
         def cell(name: str, key=key, role=role) -> str:
             proc = processes.get(f"{name}-{role}")
             if proc is None:
@@ -159,9 +165,9 @@ def main_table(data: dict) -> list[str]:
                 return f"{proc['fds_start']} → {proc['fds_end']}"
             return _num(proc[key])
 
-        cells = [label, "—", cell("ytun"), "—"]
-        for peer in peers:
-            cells += [cell(peer), "—" if key == "fds" else _ratio(value("ytun"), value(peer))]
+        cells = [label, "—"]
+        for name in measured:
+            cells += [cell(name), "—"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -170,12 +176,12 @@ def targets_table(data: dict) -> list[str]:
     """The design's performance targets, where this run measured them."""
     by_id = {s["id"]: s["results"] for s in data["scenarios"]}
     processes = data.get("processes", {})
-    _, peers = _columns(data)
+    peers = _template_peers(data)
     rows: list[tuple[str, str, bool | None]] = []
 
     def get(sid: str, name: str) -> dict | None:
         result = by_id.get(sid, {}).get(name)
-        return None if not result or result.get("failed") else result
+        return None if not result or result.get("failed") or result.get("skipped") else result
 
     ytun, direct = get("keepalive-c32", "ytun"), get("keepalive-c32", "direct")
     if ytun and direct and direct["rps"]:
@@ -253,11 +259,15 @@ def findings(data: dict) -> list[str]:
     if data.get("aborted"):
         lines.append(f"- **run aborted**: {data['aborted']}")
     for name, target in data["targets"].items():
+        if target.get("skipped"):
+            lines.append(f"- **{name} skipped**: {target['skipped']}")
         if target.get("failure"):
             lines.append(f"- **{name} failed**: `{target['failure'].splitlines()[0]}`")
     lines += [f"- {event}" for event in data.get("events", [])]
     for scenario in data["scenarios"]:
         for name, result in scenario["results"].items():
+            if result.get("skipped"):
+                continue
             if result.get("failed") and result["failed"] != "target down":
                 lines.append(
                     f"- {scenario['id']} / {name}: tool failed: `{result['failed'][:300]}`"
@@ -298,17 +308,21 @@ def markdown(data: dict) -> str:
     )
     out.append("")
     for name, target in data["targets"].items():
-        if target["commands"]:
-            out.append(
-                f"- **{name}**: `{target['commands']['server']}` + `{target['commands']['client']}`"
-            )
+        what = f" ({target['what']})" if target.get("what") else ""
+        if target.get("skipped"):
+            out.append(f"- **{name}**: skipped, {target['skipped']}")
+        elif target["commands"]:
+            commands = " + ".join(f"`{c}`" for c in target["commands"].values())
+            out.append(f"- **{name}**{what}: {commands}")
     out.append("")
     out += main_table(data)
     out += [
         "",
-        "Ratios divide the ytun figure by the other column's (higher is better for "
-        "req/s and MB/s, lower for latency). ⚠ marks runs with errors (socket errors + "
-        "non-2xx). Resources cover the measured part of the run, after warm-up.",
+        "Each ratio divides a column's figure by direct's (higher is better for req/s and "
+        "MB/s, lower for latency). ⚠ marks runs with errors (socket errors + non-2xx). "
+        "Resources cover the measured part of the run, after warm-up; a column's server is "
+        "its first process (ytun server, sshd, nginx), its client the second (ytun client, "
+        "ssh), each with its descendants.",
         "",
     ]
     targets = targets_table(data)
@@ -335,7 +349,7 @@ def chart(data: dict, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    names = list(data["targets"])
+    names = [n for n, t in data["targets"].items() if not t.get("skipped")]
     load = [s for s in data["scenarios"] if s["kind"] in ("keepalive", "close")]
     bulk = [s for s in data["scenarios"] if s["kind"] in ("download", "upload")]
     panels = [p for p in ((load, "rps", "req/s (log)"), (bulk, "mb_per_s", "MB/s")) if p[0]]

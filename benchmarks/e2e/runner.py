@@ -17,10 +17,12 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import loadgen, report
+from . import loadgen, nginx_peer, report, ssh_peer, tls_peer
+from .plans import Command, PeerContext, Plan, ToolMissing
 from .procs import (
     LOOPBACK,
     ROOT,
@@ -58,6 +60,9 @@ PLACEHOLDERS = (
 )
 VHOST = "bench.local"
 KINDS = ("keepalive", "close", "download", "upload")
+# Built-in peers (--peers): column name -> builder of its Plan.
+PEERS = {"ytun-tls": tls_peer.plan, "ssh": ssh_peer.plan, "nginx": nginx_peer.plan}
+BINARIES = ("ssh", "sshd", "ssh-keygen", "nginx")  # --ssh-bin, --sshd-bin, ...
 
 EPILOG = f"""\
 Command templates (--ytun-server/--ytun-client/--peer-server/--peer-client) are shell
@@ -73,6 +78,12 @@ ytun and the peer, so both are started with the same flags:
 ytun itself runs from the default templates:
   --ytun-server '{YTUN_SERVER}'
   --ytun-client '{YTUN_CLIENT}'
+Built-in peers (--peers ytun-tls,ssh,nginx or all), each its own column:
+  ytun-tls  ytun with --tls-cert/--tls-key (HTTPS for the load generator, TLS to the client)
+  ssh       a throw-away sshd + ssh -N -R (aes128-gcm@openssh.com, key-only auth)
+  nginx     one reverse-proxy hop (worker_processes 1, upstream keepalive 64, access log off)
+A peer whose program is missing is reported as skipped, with the reason.
+
 The Go original, with wrappers that take the same values:
   --peer-name koding --peer-server 'tunnel-server -listen {{listen}} -vhost {{host}} \
 -identifier {{identifier}}' --peer-client 'tunnel-client -server {{server}} \
@@ -89,22 +100,35 @@ class Target:
     name: str
     port: int
     host: str | None = None
+    kind: str = "direct"  # direct, ytun, template (--peer-*) or a built-in peer's name
     procs: dict[str, Proc] = field(default_factory=dict)
     commands: dict[str, str] = field(default_factory=dict)
     failure: str | None = None
+    skipped: str | None = None  # why the column was not measured (a program is missing)
     startup_s: float | None = None
+    tls_ca: Path | None = None
+    describe_text: str = ""
+    idle_fds: int = 0  # fds it holds between runs by design (nginx's upstream keep-alive)
 
     @property
     def tunnel(self) -> bool:
         return bool(self.procs)
 
+    @property
+    def down(self) -> bool:
+        return bool(self.failure or self.skipped)
+
     def describe(self) -> dict:
+        scheme = "https" if self.tls_ca else "http"
         return {
-            "url": f"http://{LOOPBACK}:{self.port}/",
+            "kind": self.kind,
+            "url": f"{scheme}://{LOOPBACK}:{self.port}/" if self.port else None,
             "host_header": self.host,
+            "what": self.describe_text,
             "commands": self.commands,
             "startup_s": self.startup_s,
             "failure": self.failure,
+            "skipped": self.skipped,
             "processes": {r: p.name for r, p in self.procs.items()},
         }
 
@@ -187,6 +211,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--peer-client", metavar="CMD", help="another tunnel's client template")
     parser.add_argument("--peer-name", default="peer", help="its column name (default peer)")
     parser.add_argument(
+        "--peers",
+        default="",
+        metavar="LIST",
+        help=f"built-in peers side by side: {', '.join(PEERS)} or all (default none)",
+    )
+    for binary in BINARIES:
+        parser.add_argument(
+            f"--{binary}-bin",
+            metavar="PATH",
+            help=f"the {binary} program for --peers (default: {binary} on PATH or in /usr/sbin)",
+        )
+    parser.add_argument(
         "--tunnel-log-level",
         default="warning",
         help="the {log_level} of the tunnels (default warning)",
@@ -217,8 +253,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--connections must be positive integers")
     if bool(args.peer_server) != bool(args.peer_client):
         parser.error("--peer-server and --peer-client go together")
-    if args.peer_name in ("direct", "ytun"):
-        parser.error("--peer-name must differ from 'direct' and 'ytun'")
+    names = [n.strip() for n in args.peers.split(",") if n.strip()]
+    args.builtin_peers = list(PEERS) if names == ["all"] else names
+    for name in args.builtin_peers:
+        if name not in PEERS:
+            parser.error(f"--peers: unknown peer {name!r} (known: {', '.join(PEERS)}, all)")
+    if args.peer_name in ("direct", "ytun", *PEERS):
+        parser.error(f"--peer-name must differ from {', '.join(('direct', 'ytun', *PEERS))}")
+    args.binaries = {b: getattr(args, f"{b.replace('-', '_')}_bin") for b in BINARIES}
     for template in filter(
         None, (args.ytun_server, args.ytun_client, args.peer_server, args.peer_client)
     ):
@@ -285,6 +327,7 @@ class Bench:
         self.events: list[str] = []
         self.aborted: str | None = None
         self.upload_file: Path | None = None
+        self.workdirs: list[Path] = []
         self._leaks: dict[str, tuple] = {}
 
     # -- processes -----------------------------------------------------------------------
@@ -323,61 +366,126 @@ class Bench:
             return
         raise NotReady("could not find a free port for the origin")
 
-    def start_tunnel(self, name: str, server_template: str, client_template: str) -> Target:
-        last: Exception | None = None
-        for _attempt in range(3):
+    def template_values(self, port: int) -> dict[str, object]:
+        return {
+            "python": sys.executable,
+            "listen": f"{LOOPBACK}:{port}",
+            "server": f"{LOOPBACK}:{port}",
+            "listen_port": port,
+            "host": f"{VHOST}:{port}",
+            "vhost": VHOST,
+            "identifier": secrets.token_hex(12),
+            "local": f"{LOOPBACK}:{self.origin_port}",
+            "origin_port": self.origin_port,
+            "log_level": self.args.tunnel_log_level,
+        }
+
+    def start_tunnel(
+        self, name: str, server_template: str, client_template: str, kind: str = "template"
+    ) -> Target:
+        """A tunnel from command templates (ytun itself, --peer-server/--peer-client)."""
+
+        def make_plan() -> Plan:
             port = free_port()
-            values = {
-                "python": sys.executable,
-                "listen": f"{LOOPBACK}:{port}",
-                "server": f"{LOOPBACK}:{port}",
-                "listen_port": port,
-                "host": f"{VHOST}:{port}",
-                "vhost": VHOST,
-                "identifier": secrets.token_hex(12),
-                "local": f"{LOOPBACK}:{self.origin_port}",
-                "origin_port": self.origin_port,
-                "log_level": self.args.tunnel_log_level,
-            }
-            target = Target(name, port, f"{VHOST}:{port}")
-            target.commands = {
-                "server": render(server_template, values),
-                "client": render(client_template, values),
-            }
+            values = self.template_values(port)
+            return Plan(
+                server=render(server_template, values),
+                server_port=port,
+                public_port=port,
+                client=render(client_template, values),
+                host=f"{VHOST}:{port}",
+            )
+
+        return self.start_plan(name, kind, make_plan)
+
+    def start_peer(self, name: str) -> Target:
+        """A built-in peer: skipped if a program is missing, failed if it does not start;
+        either way the run goes on and the column says why."""
+        workdir = Path(tempfile.mkdtemp(prefix=f"ytun-e2e-{name}-"))
+        self.workdirs.append(workdir)
+
+        def make_plan() -> Plan:
+            port = free_port()
+            values = self.template_values(port)
+            context = PeerContext(
+                origin_port=self.origin_port,
+                workdir=workdir,
+                python=sys.executable,
+                log_level=self.args.tunnel_log_level,
+                binaries=self.args.binaries,
+                ytun_server=render(self.args.ytun_server, values),
+                ytun_client=render(self.args.ytun_client, values),
+                ytun_port=port,
+                ytun_host=f"{VHOST}:{port}",
+            )
+            return PEERS[name](context)
+
+        try:
+            return self.start_plan(name, name, make_plan)
+        except ToolMissing as exc:
+            target = Target(name, 0, kind=name, skipped=str(exc))
+            self.progress(f"e2e: {name} skipped: {exc}")
+        except NotReady as exc:
+            target = Target(name, 0, kind=name, failure=f"did not start: {exc}")
+            self.progress(f"e2e: {name} failed to start: {exc}")
+        self.targets.append(target)
+        return target
+
+    def start_plan(self, name: str, kind: str, make_plan: Callable[[], Plan]) -> Target:
+        """Start a Plan's processes, wait until GET / answers through it; three tries on
+        fresh ports when a log says a port was taken meanwhile."""
+        for attempt in range(3):
+            plan: Plan = make_plan()
+            target = Target(
+                name,
+                plan.public_port,
+                plan.host,
+                kind=kind,
+                tls_ca=plan.tls_ca,
+                describe_text=plan.describe,
+                idle_fds=plan.idle_fds,
+            )
+            target.commands = {"server": _display(plan.server)}
+            if plan.client is not None:
+                target.commands["client"] = _display(plan.client)
+            for file_name, text in plan.files.items():
+                (self.logs / f"{name}-{file_name}").write_text(text)
             started = time.monotonic()
-            server = Proc(f"{name}-server", target.commands["server"], self.logs).start()
-            target.procs["server"] = server
             try:
+                server = Proc(f"{name}-server", plan.server, self.logs).start()
+                target.procs["server"] = server
                 wait_until(
-                    lambda p=port: port_open(p),
+                    lambda p=plan.server_port: port_open(p),
                     [server],
                     self.args.ready_timeout,
-                    f"{name} server on :{port}",
+                    f"{name} server on :{plan.server_port}",
                 )
-            except NotReady as exc:
-                server.stop()
-                last = exc
-                if "in use" in server.log_tail():
+                if plan.client is not None:
+                    client = Proc(f"{name}-client", plan.client, self.logs).start()
+                    target.procs["client"] = client
+                wait_until(
+                    lambda t=target: http_get(t.port, t.host, ca=t.tls_ca)[0] == 200,
+                    list(target.procs.values()),
+                    self.args.ready_timeout,
+                    f"{name}: GET / through it",
+                )
+            except NotReady:
+                logs = "\n".join(proc.log_tail() for proc in target.procs.values())
+                for proc in reversed(list(target.procs.values())):
+                    proc.stop()
+                if attempt < 2 and any(marker in logs for marker in plan.retry_markers):
                     continue
                 raise
-            client = Proc(f"{name}-client", target.commands["client"], self.logs).start()
-            target.procs["client"] = client
-            self.targets.append(target)  # from here on it is measured and reaped
-            wait_until(
-                lambda p=port, h=target.host: http_get(p, h)[0] == 200,
-                [server, client],
-                self.args.ready_timeout,
-                f"{name}: GET / through the tunnel",
-            )
             target.startup_s = round(time.monotonic() - started, 3)
+            self.targets.append(target)
             return target
-        raise NotReady(f"{name}: no free port ({last})")
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def check_target(self, target: Target) -> None:
         """After a run: every process alive and a GET through the tunnel still answers."""
         if self.origin is not None and not self.origin.alive():
             raise NotReady(f"the origin exited:\n{self.origin.log_tail()}")
-        if not target.tunnel or target.failure:
+        if not target.tunnel or target.down:
             return
         for proc in target.procs.values():
             if not proc.alive():
@@ -387,7 +495,7 @@ class Bench:
                 self.events.append(f"{target.name}: {proc.name} died; its later runs skipped")
                 return
         try:
-            status, _ = http_get(target.port, target.host, timeout=5)
+            status, _ = http_get(target.port, target.host, timeout=5, ca=target.tls_ca)
         except (OSError, http.client.HTTPException) as exc:
             status, error = 0, str(exc)
         else:
@@ -412,6 +520,7 @@ class Bench:
                 scenario.connections,
                 args.duration,
                 keepalive=scenario.kind == "keepalive",
+                tls_ca=target.tls_ca,
             )
             runs = []
             for attempt in range(args.repeat):
@@ -437,13 +546,22 @@ class Bench:
                 if self.curl:
                     runs.append(
                         loadgen.curl_transfer(
-                            scenario.kind, target.port, target.host, scenario.size, self.upload_file
+                            scenario.kind,
+                            target.port,
+                            target.host,
+                            scenario.size,
+                            self.upload_file,
+                            tls_ca=target.tls_ca,
                         )
                     )
                 else:
                     runs.append(
                         loadgen.builtin_transfer(
-                            scenario.kind, target.port, target.host, scenario.size
+                            scenario.kind,
+                            target.port,
+                            target.host,
+                            scenario.size,
+                            tls_ca=target.tls_ca,
                         )
                     )
                 time.sleep(min(args.pause, 0.3))
@@ -496,7 +614,7 @@ class Bench:
                 continue
             close_wait = (stats.get("tcp") or {}).get("CLOSE_WAIT", 0)
             base = self.base_stats.get(proc.name)
-            grown = stats["fds"] - base["fds"] if base else 0
+            grown = stats["fds"] - base["fds"] - target.idle_fds if base else 0
             if self._leaks.get(proc.name) == (close_wait, grown > 8 and stats["fds"]):
                 continue  # reported already, unchanged
             self._leaks[proc.name] = (close_wait, grown > 8 and stats["fds"])
@@ -516,7 +634,10 @@ class Bench:
     def warm_up(self, target: Target) -> None:
         if self.args.warmup > 0 and {"keepalive", "close"} & set(self.args.kinds):
             loadgen.run_load(
-                self.tool, loadgen.LoadSpec(target.port, target.host, 32, self.args.warmup)
+                self.tool,
+                loadgen.LoadSpec(
+                    target.port, target.host, 32, self.args.warmup, tls_ca=target.tls_ca
+                ),
             )
 
     def progress(self, text: str) -> None:
@@ -529,7 +650,9 @@ class Bench:
         raise_fd_limit()
         self.progress(f"e2e: load generator {self.tool}; output in {self.out}")
         self.start_origin()
-        self.start_tunnel("ytun", args.ytun_server, args.ytun_client)
+        self.start_tunnel("ytun", args.ytun_server, args.ytun_client, kind="ytun")
+        for name in args.builtin_peers:
+            self.start_peer(name)
         if args.peer_server:
             self.start_tunnel(args.peer_name, args.peer_server, args.peer_client)
         if "upload" in args.kinds:
@@ -538,10 +661,14 @@ class Bench:
             os.close(fd)
             self.upload_file = Path(name)
         for target in self.targets:
-            self.warm_up(target)
+            if not target.down:
+                self.warm_up(target)
         self.base_stats = self.snapshot()
         for scenario in self.scenarios:
             for target in self.targets:
+                if target.skipped:
+                    scenario.results[target.name] = {"skipped": target.skipped, "errors": None}
+                    continue
                 if target.failure:
                     scenario.results[target.name] = {"failed": "target down", "errors": None}
                     continue
@@ -572,6 +699,8 @@ class Bench:
         if self.origin is not None:
             self.exits["origin"] = self.origin.stop()
         stop_all()
+        for workdir in self.workdirs:  # keys and certificates: never left behind
+            shutil.rmtree(workdir, ignore_errors=True)
         if self.upload_file is not None:
             with contextlib.suppress(OSError):
                 self.upload_file.unlink()
@@ -650,12 +779,17 @@ class Bench:
         }
 
 
+def _display(command: Command) -> str:
+    return command if isinstance(command, str) else shlex.join(command)
+
+
 def budget_seconds(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
-    targets = 3 if args.peer_server else 2
+    targets = 2 + bool(args.peer_server) + len(args.builtin_peers)
     per_run = (args.duration + args.pause + 40) * args.repeat
     transfers = args.transfer_runs * 150
     runs = sum(per_run if s.kind in ("keepalive", "close") else transfers for s in scenarios)
-    return int(targets * (runs + args.warmup + 40) + 4 * args.ready_timeout + 120)
+    starts = 2 * 3 * args.ready_timeout  # two waits, three tries on fresh ports
+    return int(targets * (runs + args.warmup + 40 + starts) + 120)
 
 
 def main(argv: list[str] | None = None) -> int:
