@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import SessionClosedError
 from ..yamux import Config, Session
@@ -19,6 +19,9 @@ from .http1 import RequestHead, error_response
 from .ratelimit import TokenBuckets
 from .registry import Registry
 from .splice import CloseAtOnce
+
+if TYPE_CHECKING:
+    from .peers import Peers
 
 logger = logging.getLogger("ytun.server")
 
@@ -64,6 +67,20 @@ class ControlConnection(Protocol):
     @property
     def transport(self) -> asyncio.Transport | None: ...
 
+    @property
+    def may_hand_off(self) -> bool:
+        """False if the connection came from another worker (it moves at most once)."""
+        ...
+
+    @property
+    def current_raw(self) -> bytes:
+        """The CONNECT head as received."""
+        ...
+
+    def hand_over(self) -> None:
+        """The connection went to another worker: forget it without ending it."""
+        ...
+
 
 class ClientLinks:
     """Every client connected to one server, by identifier.
@@ -83,8 +100,11 @@ class ClientLinks:
         on_change: Callable[[ServerStateChange], None],
         on_client_leaving: Callable[[str], None],
         refusals: TokenBuckets,
+        peers: Peers | None = None,
     ) -> None:
         self.registry = registry
+        #: Other worker processes: a client is held by one process of the server.
+        self.peers = peers
         self.yamux_config = yamux_config
         self.stream_timeout = stream_timeout
         self.handshake_timeout = handshake_timeout
@@ -120,16 +140,47 @@ class ClientLinks:
         if not identifier or not self.registry.knows(identifier):
             return self._refuse(transport)
         existing = self._links.get(identifier)
-        if existing is None:
+        if existing is None and self.peers is None:
             self._accept(identifier, transport, extra)
             return None
-        # Duplicate identifier: keep a live client, replace a dead one (no kick-both flapping).
         transport.pause_reading()
-        task = asyncio.get_running_loop().create_task(
-            self._resolve_duplicate(existing, identifier, transport, extra)
-        )
+        loop = asyncio.get_running_loop()
+        if existing is None:  # this worker may hold it, or another one does
+            assert self.peers is not None
+            claiming = loop.create_task(self._claim(self.peers, public, identifier, extra))
+            claiming.add_done_callback(_report)
+            return None
+        # Duplicate identifier: keep a live client, replace a dead one (no kick-both flapping).
+        task = loop.create_task(self._resolve_duplicate(existing, identifier, transport, extra))
         task.add_done_callback(_report)
         return None
+
+    async def _claim(
+        self, peers: Peers, public: ControlConnection, identifier: str, extra: bytes
+    ) -> None:
+        """Take the client in this worker, or give its control connection to the worker
+        that holds the identifier: there the usual duplicate rule applies."""
+        granted = await peers.claim(identifier)
+        transport = public.transport
+        if transport is None or transport.is_closing():
+            if granted and identifier not in self._links:
+                peers.release(identifier)
+            return
+        if granted:
+            existing = self._links.get(identifier)
+            if existing is None:
+                transport.resume_reading()
+                self._accept(identifier, transport, extra)
+            else:  # a second CONNECT for it reached this worker meanwhile
+                await self._resolve_duplicate(existing, identifier, transport, extra)
+            return
+        raw = public.current_raw
+        if public.may_hand_off and peers.hand_off(identifier, "http", transport, raw + extra):
+            public.hand_over()
+            return
+        # Its holder went away as this connection came from it: the client retries.
+        transport.write(error_response(502, "control conn already exist. \n", close=True))
+        transport.close()
 
     def _refuse(self, transport: asyncio.Transport) -> bytes | None:
         """Answer an unknown identifier; an address that keeps guessing is cut off."""
@@ -191,8 +242,14 @@ class ClientLinks:
     def link_gone(self, link: ClientLink, error: BaseException | None) -> None:
         if self._links.get(link.identifier) is link:
             del self._links[link.identifier]
+            if self.peers is not None:  # unless a replacement takes it in this same turn
+                asyncio.get_running_loop().call_soon(self._release, link.identifier)
         logger.info("client for %s disconnected: %s", link.label, error)
         self._set_state(link.identifier, ServerState.CLOSED, error)
+
+    def _release(self, identifier: str) -> None:
+        if identifier not in self._links and self.peers is not None:
+            self.peers.release(identifier)
 
     def client_leaving(self, link: ClientLink) -> None:
         self._on_client_leaving(link.identifier)
