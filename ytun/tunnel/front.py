@@ -118,7 +118,11 @@ class PublicProtocol(asyncio.Protocol):
     """One public connection on the server's listener."""
 
     def __init__(
-        self, gateway: Gateway, *, head_timeout: float = HEAD_TIMEOUT, handed_in: bytes | None = None
+        self,
+        gateway: Gateway,
+        *,
+        head_timeout: float = HEAD_TIMEOUT,
+        handed_in: bytes | None = None,
     ) -> None:
         self._gateway = gateway
         # A connection another worker handed over, with the bytes it had read: they are

@@ -165,12 +165,16 @@ class _TcpPublic(PipeEnd):
             self._port = port
         identifier = self._registry.lookup_addr(ip, port)
         link = self._link_for(identifier) if identifier is not None else None
-        if link is None and identifier is not None and self._peers is not None:
-            # Nothing is read before the stream exists: no bytes go along.
-            if self._peers.hand_off(identifier, "tcp", transport, b""):
-                self._access = None  # logged by the worker that serves it
-                transport.abort()
-                return
+        # Nothing is read before the stream exists: no bytes go along to another worker.
+        if (
+            link is None
+            and identifier is not None
+            and self._peers is not None
+            and self._peers.hand_off(identifier, "tcp", transport, b"")
+        ):
+            self._access = None  # logged by the worker that serves it
+            transport.abort()  # type: ignore[attr-defined]
+            return
         if link is None:
             logger.warning("no client for TCP connection on %s:%d; closing", ip, port)
             transport.close()
