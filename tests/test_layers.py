@@ -1,5 +1,6 @@
 """The package's layers, checked from the source: no import circle anywhere in ``ytun``,
-and each layer imports only the ones below it (codec < yamux < tunnel < command line)."""
+and each layer imports only the ones below it (codec < yamux < tunnel < cluster <
+command line)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ LAYERS = [
     ("ytun._version", "ytun._const", "ytun.errors", "ytun._frames", "ytun._frames_py"),
     ("ytun.yamux",),
     ("ytun.tunnel",),
+    ("ytun.cluster",),
     ("ytun", "ytun.cli", "ytun.settings", "ytun.demo", "ytun.__main__"),
 ]
 

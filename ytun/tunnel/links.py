@@ -177,6 +177,7 @@ class ClientLinks:
         raw = public.current_raw
         if public.may_hand_off and peers.hand_off(identifier, "http", transport, raw + extra):
             public.hand_over()
+            logger.debug("gave a control connection to the worker holding its client")
             return
         # Its holder went away as this connection came from it: the client retries.
         transport.write(error_response(502, "control conn already exist. \n", close=True))
