@@ -18,7 +18,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from test_cli import Ytun, free_port, tcp_echo, write_file, ytun_cli  # noqa: F401
+import test_cli
+from test_cli import Ytun, free_port, write_file
 
 from ytun.tunnel import koding
 
@@ -26,6 +27,10 @@ SECRETS = {"a.test": "S3CRET-worker-a", "b.test": "S3CRET-worker-b", "c.test": "
 CONNECTIONS = 16  # fresh public connections per host: some land on each worker
 DEADLINE = 20  # seconds for a restarted worker's clients to be served again
 HANDED = "handed an HTTP connection to worker"
+
+# The command-line tests' fixtures: subprocesses killed at the end, a TCP echo service.
+ytun_cli = test_cli.ytun_cli
+tcp_echo = test_cli.tcp_echo
 
 
 class _Origin(http.server.BaseHTTPRequestHandler):
@@ -287,9 +292,7 @@ def test_sigterm_drains_every_worker(ytun_cli, origin):
     def slow(host: str, n: int) -> None:
         answers.append(get(port, f"{host}:{port}", f"/slow{n}"))
 
-    threads = [
-        threading.Thread(target=slow, args=(host, n)) for host in SECRETS for n in range(4)
-    ]
+    threads = [threading.Thread(target=slow, args=(host, n)) for host in SECRETS for n in range(4)]
     for thread in threads:
         thread.start()
     for _ in threads:  # every request reached the origin: in flight in some worker
