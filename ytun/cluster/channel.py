@@ -56,7 +56,12 @@ class Channel:
                     logger.error("unreadable message between worker and parent; closing")
                     break
                 if isinstance(message, dict):
-                    self._on_message(message)
+                    try:
+                        self._on_message(message)
+                    except (KeyError, TypeError, ValueError) as exc:
+                        logger.error("a malformed message between worker and parent: %r", exc)
+        except ConnectionError:
+            pass  # the other end stopped: the same as an end of file
         except (OSError, ValueError, asyncio.LimitOverrunError) as exc:
             logger.error("the worker channel failed: %s", exc)
         finally:

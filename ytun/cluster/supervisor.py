@@ -197,7 +197,7 @@ class Supervisor:
         await slot.channel.start()
         for key, node in self._table.items():  # what it must know before it serves
             slot.channel.send({"t": "holder", "key": key, "node": node})
-        logger.debug("worker %s started (pid %d)", slot.node, slot.process.pid)
+        logger.info("worker %s started (pid %d)", slot.node, slot.process.pid)
         return slot.process
 
     # -- the ownership table -------------------------------------------------------------
