@@ -132,8 +132,11 @@ def run_once(
     server = start(command, log)
     tunnel_clients = [
         start(
-            [sys.executable, "-m", "ytun", "client", "--server", f"127.0.0.1:{port}"]
-            + ["--identifier", secret, "--local", f"127.0.0.1:{origin}", "--log-level", "warning"],
+            [
+                *(sys.executable, "-m", "ytun", "client", "--server", f"127.0.0.1:{port}"),
+                *("--identifier", secret, "--local", f"127.0.0.1:{origin}"),
+                *("--log-level", "warning"),
+            ],
             logs / f"client-{i}.log",
         )
         for i, secret in enumerate(secrets_)
