@@ -69,8 +69,10 @@ def measure(mode: str, processes: int, duration: float) -> tuple[float, list[int
         listener.listen(1024)
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.accept_sharing", "--child", mode, str(port)]
-            + [str(listener.fileno())],
+            [
+                *(sys.executable, "-m", "benchmarks.accept_sharing", "--child", mode),
+                *(str(port), str(listener.fileno())),
+            ],
             pass_fds=(listener.fileno(),),
             stdout=subprocess.PIPE,
             text=True,
@@ -79,8 +81,10 @@ def measure(mode: str, processes: int, duration: float) -> tuple[float, list[int
     ]
     time.sleep(1.5)
     out = subprocess.run(
-        ["wrk", "-t2", "-c64", f"-d{duration:g}s", "-H", "Connection: close"]
-        + [f"http://127.0.0.1:{port}/"],
+        [
+            *("wrk", "-t2", "-c64", f"-d{duration:g}s", "-H", "Connection: close"),
+            f"http://127.0.0.1:{port}/",
+        ],
         capture_output=True,
         text=True,
         check=True,
