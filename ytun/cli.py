@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
+from .cluster import Supervisor, Worker, WorkerSettings, reserve_port, reuse_port_available
 from .demo import start_demo_app
 from .errors import IdentifierRefusedError, RegistryError
 from .registry import MemoryRegistry, Registry, SqliteRegistry
@@ -34,6 +35,7 @@ from .settings import (
     check_listen_address,
     check_network,
     check_virtual_host,
+    check_workers,
     load_client_file,
     load_server_file,
     read_identifier_file,
@@ -223,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGINT/SIGTERM, wait this long for requests in flight "
         f"(default: {DEFAULT_GRACE:g})",
     )
+    server.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="serve from N processes sharing the port (auto: one per CPU); a public "
+        "connection is handed to the process holding its client (default: 1, one process)",
+    )
     _log_level_flag(server)
 
     client = commands.add_parser(
@@ -349,6 +357,8 @@ class ServerConfig:
     handshake_timeout: float
     grace: float
     log_level: str
+    #: Worker processes; 1 is one process, no supervising parent.
+    workers: int
     #: Keys given as flags: a reloaded file does not change them.
     flag_keys: frozenset[str]
     config_path: Path | None
@@ -406,6 +416,18 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     domain = _pick(args.domain, file and file.domain, None)
     if domain is not None:
         domain = check_domain(domain, "--domain")
+    workers = check_workers(_pick(args.workers, file and file.workers, 1), "--workers")
+    if workers > 1 and context is not None:
+        raise UsageError(
+            "--workers needs a plain-TCP public port: a TLS session cannot move between "
+            "processes (end TLS in front of ytun, or run one worker)"
+        )
+    if workers > 1 and not reuse_port_available():
+        raise UsageError("--workers needs SO_REUSEPORT, which this system does not have")
+    if workers > 1 and state is not None:
+        raise UsageError(
+            "--workers cannot share one --state file (one process holds it); use one worker"
+        )
     return ServerConfig(
         listen_host=listen_host,
         listen_port=listen_port,
@@ -427,6 +449,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         ),
         grace=_pick(args.grace, file and file.grace, DEFAULT_GRACE),
         log_level=_pick(args.log_level, file and file.log_level, DEFAULT_LOG_LEVEL),
+        workers=workers,
         flag_keys=frozenset(
             key for key in RELOADED_KEYS + RESTART_KEYS if getattr(args, key, None) is not None
         ),
@@ -476,9 +499,11 @@ RESTART_KEYS = tuple(
 class RunningServer:
     """A listening server and the routes it was given, so a reload can apply the change."""
 
-    def __init__(self, server: Server, config: ServerConfig) -> None:
+    def __init__(self, server: Server, config: ServerConfig, *, reuse_port: bool = False) -> None:
         self.server = server
         self.config = config
+        #: A worker shares its TCP route ports with the other workers.
+        self.reuse_port = reuse_port
         self.hosts: dict[str, str] = {}
         #: TCP route as configured -> (its identifier, the port it is bound to)
         self.tcp: dict[str, tuple[str, int]] = {}
@@ -513,7 +538,7 @@ class RunningServer:
                     changes.append(f"~tcp {address}")
                 continue
             try:
-                bound = await self.server.add_addr(address, identifier)
+                bound = await self.server.add_addr(address, identifier, reuse_port=self.reuse_port)
             except OSError as exc:
                 if at_start:
                     raise OSError(
@@ -561,7 +586,7 @@ class RunningServer:
             logger.info("reloaded %s: %s", path, " ".join(changes) or "no route changed")
 
 
-async def start_server(config: ServerConfig) -> RunningServer:
+async def start_server(config: ServerConfig, worker: Worker | None = None) -> RunningServer:
     before, after = raise_fd_limit()
     if after != before:
         logger.debug("descriptor limit raised from %d to %d", before, after)
@@ -571,7 +596,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         raise UsageError(
             f"cannot open the access log {config.access_log}: {exc.strerror or exc}"
         ) from None
-    registry = open_registry(config.state)
+    registry = open_registry(config.state, worker.settings.salt if worker is not None else "")
     server = Server(
         registry=registry,
         domain=config.domain,
@@ -582,27 +607,40 @@ async def start_server(config: ServerConfig) -> RunningServer:
         idle_timeout=config.idle_timeout,
         stream_timeout=config.stream_timeout,
         handshake_timeout=config.handshake_timeout,
+        peers=worker.peers if worker is not None else None,
+        via_mark=worker.settings.via_mark.encode() if worker is not None else None,
     )
-    running = RunningServer(server, config)
+    running = RunningServer(server, config, reuse_port=worker is not None)
     try:
         # "" is every interface to asyncio and uvloop alike.
-        await server.serve(config.listen_host or "", config.listen_port, ssl=config.ssl)
+        await server.serve(
+            config.listen_host or "",
+            config.listen_port,
+            ssl=config.ssl,
+            reuse_port=worker is not None,
+        )
+        if worker is not None:
+            worker.serve(server.adopt)
         hosts, tcp = config.routes(config.file)
         await running.apply_routes(hosts, tcp, at_start=True)
     except BaseException:
         registry.close()
         raise
-    if not server.hosts() and not server.tcp_routes():
+    if (
+        not server.hosts()
+        and not server.tcp_routes()
+        and (worker is None or worker.settings.node == "0")
+    ):
         logger.warning("no hosts and no TCP routes: every client will be refused")
     _report_stored_tcp_routes(server, running)
     return running
 
 
-def open_registry(state: Path | None) -> Registry:
+def open_registry(state: Path | None, salt: str = "") -> Registry:
     """The SQLite registry of ``--state`` (a RegistryError says why it cannot be used),
-    or routes in memory."""
+    or routes in memory (with ``salt``, hex, when the workers of one server share it)."""
     if state is None:
-        return MemoryRegistry()
+        return MemoryRegistry(salt=bytes.fromhex(salt) if salt else None)
     registry = SqliteRegistry(state)
     logger.info(
         "state %s: %d hosts, %d TCP routes",
@@ -793,10 +831,15 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-async def server_main(config: ServerConfig) -> int:
+async def server_main(config: ServerConfig, settings: WorkerSettings | None = None) -> int:
     signals = StopSignals()
     signals.install()
-    running = await start_server(config)
+    worker = None
+    if settings is not None:  # one of --workers N, under a supervising parent
+        worker = Worker(settings)
+        config.listen_port = settings.port
+        await worker.join()
+    running = await start_server(config, worker)
     server = running.server
     reloads: set[asyncio.Task[None]] = set()
 
@@ -807,8 +850,19 @@ async def server_main(config: ServerConfig) -> int:
 
     with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
-    _print(_listening_line(config))
-    await signals.graceful.wait()
+    if worker is None:
+        _print(_listening_line(config))
+        await signals.graceful.wait()
+    else:
+        worker.ready()
+        parent_gone = asyncio.ensure_future(worker.parent_gone.wait())
+        stopping = asyncio.ensure_future(signals.graceful.wait())
+        await asyncio.wait([parent_gone, stopping], return_when=asyncio.FIRST_COMPLETED)
+        parent_gone.cancel()
+        stopping.cancel()
+        if worker.parent_gone.is_set() and not signals.graceful.is_set():
+            logger.warning("the supervising process is gone; stopping")
+        worker.stop_taking()
     in_flight = server.in_flight
     if in_flight:
         logger.warning(
@@ -817,10 +871,40 @@ async def server_main(config: ServerConfig) -> int:
             "request" if in_flight == 1 else "requests",
             config.grace,
         )
+    if not signals.graceful.is_set():
+        signals.graceful.set()  # a signal from now on stops at once
     try:
-        return await signals.stop(server.close(grace=config.grace), lambda: server.close(grace=0))
+        status = await signals.stop(server.close(grace=config.grace), lambda: server.close(grace=0))
     finally:
         server.registry.close()
+    if worker is not None:
+        worker.close()
+    return status
+
+
+async def supervisor_main(config: ServerConfig, argv: list[str]) -> int:
+    """``--workers N``: this process only supervises N worker processes."""
+    # Held (bound, never listening) while the workers come and go: a busy port is
+    # found here, at once; port 0 becomes one port for all; no other user can take it.
+    reserved = reserve_port(config.listen_host or "", config.listen_port)
+    config.listen_port = reserved[0].getsockname()[1]
+
+    def ready() -> None:
+        _print(f"{_listening_line(config)} ({config.workers} worker processes)")
+
+    supervisor = Supervisor(
+        argv,
+        config.workers,
+        port=config.listen_port,
+        via_mark="ytun-" + secrets.token_hex(8),
+        grace=config.grace,
+        on_ready=ready,
+    )
+    try:
+        return await supervisor.run()
+    finally:
+        for sock in reserved:
+            sock.close()
 
 
 async def client_main(config: ClientConfig) -> int:
@@ -890,12 +974,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     command = args.command
+    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     main_coroutine: Coroutine[Any, Any, int]
     try:
         if command == "server":
             server = server_config(args)
             log_level = server.log_level
-            main_coroutine = server_main(server)
+            worker = WorkerSettings.from_environ(os.environ)
+            if worker is not None:
+                log_format = (
+                    f"%(asctime)s %(levelname)s %(name)s[worker {worker.node}]: %(message)s"
+                )
+                main_coroutine = server_main(server, worker)
+            elif server.workers > 1:
+                main_coroutine = supervisor_main(server, argv)
+            else:
+                main_coroutine = server_main(server)
         elif command == "client":
             client = client_config(args, dict(os.environ))
             log_level = client.log_level
@@ -906,11 +1000,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"ytun {command}: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format=log_format)
     try:
         return _run(main_coroutine)
     except UsageError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -117,6 +118,23 @@ def check_network(value: str, what: str) -> str:
     return value
 
 
+#: More worker processes than this is a typing mistake, not a machine.
+MAX_WORKERS = 1024
+
+
+def check_workers(value: int | str, what: str) -> int:
+    """A number of worker processes, or ``auto``: one per CPU."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    if isinstance(value, str):
+        if not value.isdigit():
+            raise UsageError(f"{what} must be a number of processes or auto, got {value!r}")
+        value = int(value)
+    if isinstance(value, bool) or not 1 <= value <= MAX_WORKERS:
+        raise UsageError(f"{what} must be from 1 to {MAX_WORKERS}, or auto, got {value!r}")
+    return value
+
+
 #: --access-log values that are not file names.
 ACCESS_LOG_STREAMS = ("off", "stdout", "stderr")
 
@@ -174,6 +192,7 @@ class ServerFile:
     #: The SQLite state file (resolved against the config file's directory).
     state: Path | None = None
     domain: str | None = None
+    workers: int | None = None
 
 
 @dataclass
@@ -363,6 +382,7 @@ SERVER_KEYS = (
     "handshake_timeout",
     "grace",
     "log_level",
+    "workers",
 )
 
 CLIENT_KEYS = (
@@ -418,6 +438,10 @@ def load_server_file(path: Path) -> ServerFile:
     loaded.handshake_timeout = table.seconds("handshake_timeout")
     loaded.grace = table.seconds("grace", zero_allowed=True)
     loaded.log_level = table.log_level()
+    workers = table.get("workers", (int, str), 'a whole number or "auto"')
+    if workers is not None:
+        table.checked("workers", check_workers, workers)
+        loaded.workers = check_workers(workers, "workers")
     return loaded
 
 

@@ -8,6 +8,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..registry import Registry
 from . import koding
@@ -15,6 +16,9 @@ from .access import AccessLog
 from .addr import split_host_port
 from .links import ClientLink
 from .splice import Pipe, PipeEnd
+
+if TYPE_CHECKING:
+    from .peers import Peers
 
 logger = logging.getLogger("ytun.server")
 
@@ -25,15 +29,21 @@ class TcpListeners:
     """The server's TCP tunnel listeners, one per port; routes live in the registry."""
 
     def __init__(
-        self, registry: Registry, link_for: LinkLookup, access: AccessLog | None = None
+        self,
+        registry: Registry,
+        link_for: LinkLookup,
+        access: AccessLog | None = None,
+        *,
+        peers: Peers | None = None,
     ) -> None:
         self._registry = registry
         self._link_for = link_for
         self._access = access
+        self._peers = peers
         self._listeners: dict[int, asyncio.Server] = {}
 
     async def add(
-        self, address: str | socket.socket, identifier: str, ip: str | None
+        self, address: str | socket.socket, identifier: str, ip: str | None, *, reuse_port: bool
     ) -> tuple[str, int]:
         """Listen on ``address`` (once per port) and route it; returns the bound address."""
         loop = asyncio.get_running_loop()
@@ -58,7 +68,9 @@ class TcpListeners:
             if isinstance(address, socket.socket):
                 listener = await loop.create_server(self._protocol, sock=address)
             else:
-                listener = await loop.create_server(self._protocol, sock_name[0], port)
+                listener = await loop.create_server(
+                    self._protocol, sock_name[0], port, reuse_port=reuse_port or None
+                )
             sock_name = listener.sockets[0].getsockname()
             port = sock_name[1]
             self._listeners[port] = listener
@@ -80,6 +92,10 @@ class TcpListeners:
         self._listeners.clear()
 
     def _protocol(self) -> asyncio.BaseProtocol:
+        return _TcpPublic(self._registry, self._link_for, self._access, self._peers)
+
+    def adopted_protocol(self) -> asyncio.BaseProtocol:
+        """For a connection another worker accepted: it is not handed on again."""
         return _TcpPublic(self._registry, self._link_for, self._access)
 
 
@@ -110,10 +126,15 @@ class _TcpPublic(PipeEnd):
     an access log."""
 
     def __init__(
-        self, registry: Registry, link_for: LinkLookup, access: AccessLog | None = None
+        self,
+        registry: Registry,
+        link_for: LinkLookup,
+        access: AccessLog | None = None,
+        peers: Peers | None = None,
     ) -> None:
         super().__init__(Pipe(), 1)
         self._registry = registry
+        self._peers = peers
         self._link_for = link_for
         self._access = access
         self._stream_end: _TcpStreamEnd | None = None
@@ -144,6 +165,16 @@ class _TcpPublic(PipeEnd):
             self._port = port
         key = self._registry.lookup_addr(ip, port)
         link = self._link_for(key) if key is not None else None
+        # Nothing is read before the stream exists: no bytes go along to another worker.
+        if (
+            link is None
+            and key is not None
+            and self._peers is not None
+            and self._peers.hand_off(key, "tcp", transport, b"")
+        ):
+            self._access = None  # logged by the worker that serves it
+            transport.abort()  # type: ignore[attr-defined]
+            return
         if link is None:
             logger.warning("no client for TCP connection on %s:%d; closing", ip, port)
             transport.close()

@@ -1,0 +1,169 @@
+"""The pieces of ``--workers`` in one process, on both loops: the ownership table, a
+worker's view of it over its channel, and handing a connection over a Unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+
+import pytest
+
+from ytun.cluster import OwnershipTable, ParentOwnership
+from ytun.cluster.channel import Channel
+from ytun.cluster.handoff import CHUNK, MAX_CARRIED, HandOffReceiver, HandOffSender, socket_path
+
+
+def test_the_table_grants_a_key_to_the_first_claimer_until_released():
+    table = OwnershipTable()
+    assert table.claim("k", "0") == "0"
+    assert table.claim("k", "1") == "0"  # held: the claimer learns by whom
+    assert table.claim("k", "0") == "0"  # claiming again what one holds is granted
+    assert not table.release("k", "1")  # only the holder releases
+    assert table.release("k", "0")
+    assert table.claim("k", "1") == "1"
+
+
+def test_a_gone_node_holds_nothing():
+    table = OwnershipTable()
+    table.claim("a", "0")
+    table.claim("b", "1")
+    table.claim("c", "0")
+    assert sorted(table.drop("0")) == ["a", "c"]
+    assert dict(table.items()) == {"b": "1"}
+
+
+async def test_a_worker_claims_through_its_channel_and_hears_every_change():
+    """A parent stand-in: the table, answering claims and announcing holders."""
+    ours, theirs = socket.socketpair()
+    table = OwnershipTable()
+    announced: list[dict] = []
+    parent: Channel
+
+    def on_parent(message: dict) -> None:
+        if message["t"] == "claim":
+            holder = table.claim(message["key"], "0")
+            parent.send(
+                {"t": "claimed", "n": message["n"], "key": message["key"], "ok": holder == "0"}
+            )
+        elif message["t"] == "release" and table.release(message["key"], "0"):
+            announced.append(message)
+
+    parent = Channel(theirs, on_parent, lambda: None)
+    gone = asyncio.Event()
+    worker: ParentOwnership
+    channel = Channel(ours, lambda message: worker.received(message), gone.set)
+    worker = ParentOwnership("0", channel)
+    await parent.start()
+    await channel.start()
+
+    assert await worker.claim("k")
+    assert worker.holder("k") == "0"
+    table.claim("other", "1")
+    assert not await worker.claim("other")
+    parent.send({"t": "holder", "key": "other", "node": "1"})
+    worker.release("k")
+    assert worker.holder("k") is None
+    for _ in range(100):
+        if worker.holder("other") == "1" and announced:
+            break
+        await asyncio.sleep(0.01)
+    assert worker.holder("other") == "1"
+    assert announced == [{"t": "release", "key": "k"}]
+
+    pending = asyncio.ensure_future(worker.claim("late"))
+    parent.close()  # the parent dies before it answers
+    await asyncio.wait_for(gone.wait(), 5)
+    worker.parent_gone()
+    assert await asyncio.wait_for(pending, 5) is False
+    assert await worker.claim("after") is False
+    channel.close()
+
+
+class _Held(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+
+async def _accepted_pair() -> tuple[socket.socket, asyncio.BaseTransport]:
+    """A loopback connection: the client's socket, and the server end as a transport."""
+    loop = asyncio.get_running_loop()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+    accepted.setblocking(False)
+    transport, _ = await loop.connect_accepted_socket(_Held, accepted)
+    return client, transport
+
+
+@pytest.mark.parametrize("size", [0, 1000, 3 * CHUNK + 17])
+async def test_a_connection_moves_with_its_bytes_and_stays_open(tmp_path, size):
+    adopted: asyncio.Queue[tuple[socket.socket, str, bytes]] = asyncio.Queue()
+    receiver = HandOffReceiver(str(tmp_path), "1", lambda *args: adopted.put_nowait(args))
+    receiver.start()
+    sender = HandOffSender(str(tmp_path))
+    client, transport = await _accepted_pair()
+    data = os.urandom(size)
+    assert sender.send("1", "http", transport, data)
+    transport.abort()  # the sender's copy goes; the connection does not
+    conn, kind, carried = await asyncio.wait_for(adopted.get(), 5)
+    assert (kind, carried) == ("http", data)
+    assert (sender.sent, receiver.adopted) == (1, 1)
+
+    loop = asyncio.get_running_loop()
+    client.settimeout(5)
+    await loop.sock_sendall(conn, b"from the new worker")
+    assert await asyncio.to_thread(client.recv, 100) == b"from the new worker"
+    client.sendall(b"to the new worker")
+    assert await asyncio.wait_for(loop.sock_recv(conn, 100), 5) == b"to the new worker"
+    conn.close()
+    client.close()
+    sender.close()
+    receiver.close()
+
+
+async def test_a_worker_that_is_not_listening_gets_nothing(tmp_path):
+    sender = HandOffSender(str(tmp_path))
+    client, transport = await _accepted_pair()
+    assert not sender.send("7", "tcp", transport, b"")
+    assert not sender.send("7", "tcp", transport, os.urandom(MAX_CARRIED + 1))
+    transport.close()
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"garbage",
+        b"D" + b"a continuation with nothing begun",
+        struct.pack("!cBI", b"H", 9, 0),  # an unknown kind
+        struct.pack("!cBI", b"H", 0, MAX_CARRIED + 1),  # more than may be carried
+    ],
+)
+async def test_bad_hand_off_messages_drop_that_sender_only(tmp_path, message):
+    adopted: list[object] = []
+    receiver = HandOffReceiver(str(tmp_path), "1", lambda *args: adopted.append(args))
+    receiver.start()
+    loop = asyncio.get_running_loop()
+    bad = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    bad.connect(socket_path(str(tmp_path), "1"))
+    client, transport = await _accepted_pair()
+    fd = transport.get_extra_info("socket").fileno()
+    socket.send_fds(bad, [message], [fd] if message.startswith(b"H") else [])
+    await loop.run_in_executor(None, bad.recv, 1)  # returns once the receiver closed it
+    bad.close()
+    assert adopted == []
+
+    sender = HandOffSender(str(tmp_path))  # a good sender still gets through
+    assert sender.send("1", "tcp", transport, b"")
+    for _ in range(100):
+        if adopted:
+            break
+        await asyncio.sleep(0.01)
+    assert len(adopted) == 1
+    adopted[0][0].close()  # type: ignore[index]
+    transport.abort()
+    client.close()
+    sender.close()
+    receiver.close()
