@@ -9,12 +9,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from redis_helpers import RedisServer, free_port, redis_server  # noqa: F401 - fixture
 
 from ytun import HostTakenError
 from ytun.errors import RegistryError
 from ytun.registry.redis import RedisRegistry
-
-from redis_helpers import RedisServer, free_port, redis_server  # noqa: F401 - fixture
 
 WAIT = 10.0
 
