@@ -59,6 +59,8 @@ class WorkerPeers:
         node = self.ownership.holder(key)
         if node is None or node == self.ownership.node:
             return False
+        if transport.get_extra_info("sslcontext") is not None:
+            return False  # the TLS session lives in this process: it cannot move
         return self.sender.send(node, kind, transport, data)
 
     async def claim(self, key: str) -> bool:

@@ -123,13 +123,23 @@ class PublicProtocol(asyncio.Protocol):
         *,
         head_timeout: float = HEAD_TIMEOUT,
         handed_in: bytes | None = None,
+        peer: str | None = None,
+        scheme: bytes | None = None,
+        hand_offs: bool = True,
     ) -> None:
         self._gateway = gateway
         # A connection another worker handed over, with the bytes it had read: they are
         # acted on first. Its first request is answered here, never handed on again (a
         # request moves between processes at most once).
         self._handed_in = handed_in
-        self._may_hand_off = handed_in is None
+        # False for a connection that came from another node: none of its requests moves
+        # on again, so a request crosses one hop at most and never loops.
+        self._hand_offs = hand_offs
+        self._may_hand_off = handed_in is None and hand_offs
+        # The public client's address and scheme when this connection is a hop from the
+        # node that accepted it (its own peer is that node).
+        self._peer_given = peer
+        self._scheme_given = scheme
         self._body_taken = 0  # bytes of the current request's body already accounted for
         # The last Host routed on this connection, decoded and split once.
         self._host_seen = b""
@@ -165,10 +175,15 @@ class PublicProtocol(asyncio.Protocol):
         self._gateway.opened(self)
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if isinstance(peer, tuple) else "-"
+        known = isinstance(peer, tuple)
+        if self._peer_given is not None:
+            self._peer, known = self._peer_given, self._peer_given != "-"
         gateway = self._gateway
         if gateway.forwarded_headers:
             self._scheme = b"https" if transport.get_extra_info("sslcontext") else b"http"
-            address = self._peer.encode() if isinstance(peer, tuple) else b""
+            if self._scheme_given is not None:
+                self._scheme = self._scheme_given
+            address = self._peer.encode() if known else b""
             self._forwarded = (
                 b"X-Forwarded-For: "
                 + address
@@ -450,7 +465,7 @@ class PublicProtocol(asyncio.Protocol):
                 return True
         relay.send_request(raw, head, self._head_received)
         self._sink = relay
-        self._may_hand_off = True
+        self._may_hand_off = self._hand_offs
         if head.upgrade or head.method == b"CONNECT":
             self._upgrading = relay
         return True
@@ -463,8 +478,6 @@ class PublicProtocol(asyncio.Protocol):
         transport = self._transport
         if peers is None or transport is None or not self._may_hand_off:
             return False
-        if transport.get_extra_info("sslcontext") is not None:
-            return False  # the TLS session lives in this process: it cannot move
         if transport.get_write_buffer_size():
             if self._body_taken:
                 return False  # never happens: the one-step path waits for the buffer
@@ -505,7 +518,10 @@ class PublicProtocol(asyncio.Protocol):
             relay.finish()
         transport, self._transport = self._transport, None
         if transport is not None:
-            transport.abort()
+            if transport.get_protocol() is self:
+                transport.abort()  # a duplicate of the socket lives in the other worker
+            else:  # carried on by another protocol here (a hop to another node)
+                self._gateway.closed(self)
 
     @property
     def may_hand_off(self) -> bool:

@@ -62,6 +62,10 @@ class ClientInfo:
     streams: int
 
 
+#: A readiness check: None when fine, else why the server is not ready.
+ReadinessCheck = Callable[[], "str | None"]
+
+
 class Server:
     """Routes public traffic by Host (or by TCP address) to connected tunnel clients.
 
@@ -140,6 +144,9 @@ class Server:
         )
         self._tcp = TcpListeners(self.registry, self.link_for, self.access_log, peers=peers)
         self._servers: list[asyncio.AbstractServer] = []
+        self._readiness_checks: list[ReadinessCheck] = []
+        # Another node may delete a client's last route: it must not stay connected here.
+        self.registry.watch(self._disconnect_if_unrouted)
 
     # -- configuration -------------------------------------------------------------------
 
@@ -241,6 +248,36 @@ class Server:
         ]
 
     @property
+    def listening(self) -> bool:
+        return any(listener.is_serving() for listener in self._servers)
+
+    def add_readiness_check(self, check: ReadinessCheck) -> None:
+        """Make ``check`` part of :meth:`readiness` (e.g. a shared store's connection)."""
+        self._readiness_checks.append(check)
+
+    def readiness(self) -> list[str]:
+        """Why the server cannot serve now: empty when it is ready (listening, its
+        registry usable, every added check passing)."""
+        reasons = []
+        if not self.listening:
+            reasons.append("not listening")
+        problem = self.registry.problem()
+        if problem is not None:
+            reasons.append(f"registry: {problem}")
+        for check in self._readiness_checks:
+            try:
+                problem = check()
+            except Exception as exc:  # a broken check is a reason, not a crash
+                problem = f"readiness check failed: {type(exc).__name__}"
+            if problem is not None:
+                reasons.append(problem)
+        return reasons
+
+    def ready(self) -> bool:
+        """True when :meth:`readiness` finds nothing wrong."""
+        return not self.readiness()
+
+    @property
     def in_flight(self) -> int:
         """Public connections with a request still waiting for its answer."""
         return self._public.in_flight
@@ -293,6 +330,41 @@ class Server:
             )
         adopting = loop.create_task(loop.connect_accepted_socket(factory, sock))
         adopting.add_done_callback(_adopted)
+
+    def adopt_hop(
+        self,
+        transport: asyncio.Transport,
+        kind: ConnectionKind,
+        data: bytes,
+        *,
+        key: str,
+        port: int,
+        peer: str,
+        scheme: bytes,
+    ) -> None:
+        """Serve a connection that another node accepted and forwards over ``transport``
+        (``data`` is what came after the hop's first line). Its requests are answered
+        here, never forwarded again: a request for a client this node does not hold gets
+        the answer of a client that is not connected."""
+        protocol: asyncio.Protocol
+        if kind == "tcp":
+            protocol = self._tcp.hopped_protocol(key, port, peer)
+        elif self._held() >= self.max_connections:
+            protocol = self.protocol_factory()  # the at-capacity answer
+        else:
+            protocol = PublicProtocol(
+                self,
+                head_timeout=self.head_timeout,
+                handed_in=data,
+                peer=peer,
+                scheme=scheme,
+                hand_offs=False,
+            )
+            data = b""
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if data:
+            protocol.data_received(data)
 
     def _held(self) -> int:
         return len(self._public) + len(self._links)

@@ -98,6 +98,11 @@ class TcpListeners:
         """For a connection another worker accepted: it is not handed on again."""
         return _TcpPublic(self._registry, self._link_for, self._access)
 
+    def hopped_protocol(self, key: str, port: int, peer: str) -> asyncio.Protocol:
+        """For a connection another node accepted on its TCP ``port`` for client ``key``
+        (its local address here is the hop's): it is not handed on again."""
+        return _TcpPublic(self._registry, self._link_for, self._access, route=(key, port, peer))
+
 
 class _TcpStreamEnd(PipeEnd):
     """Stream side of a public TCP connection's pipe."""
@@ -131,8 +136,10 @@ class _TcpPublic(PipeEnd):
         link_for: LinkLookup,
         access: AccessLog | None = None,
         peers: Peers | None = None,
+        route: tuple[str, int, str] | None = None,
     ) -> None:
         super().__init__(Pipe(), 1)
+        self._route = route  # key, public port and peer given by the node that accepted it
         self._registry = registry
         self._peers = peers
         self._link_for = link_for
@@ -158,12 +165,16 @@ class _TcpPublic(PipeEnd):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # reading waits for the stream
         ip, port = transport.get_extra_info("sockname")[:2]
+        if self._route is not None:
+            port = self._route[1]
         if self._access is not None:
             self._started = time.monotonic()
             peer = transport.get_extra_info("peername")
             self._peer = peer[0] if isinstance(peer, tuple) else "-"
+            if self._route is not None:
+                self._peer = self._route[2]
             self._port = port
-        key = self._registry.lookup_addr(ip, port)
+        key = self._route[0] if self._route is not None else self._registry.lookup_addr(ip, port)
         link = self._link_for(key) if key is not None else None
         # Nothing is read before the stream exists: no bytes go along to another worker.
         if (
@@ -172,8 +183,9 @@ class _TcpPublic(PipeEnd):
             and self._peers is not None
             and self._peers.hand_off(key, "tcp", transport, b"")
         ):
-            self._access = None  # logged by the worker that serves it
-            transport.abort()  # type: ignore[attr-defined]
+            self._access = None  # logged by the process that serves it
+            if transport.get_protocol() is self:  # a duplicate of the socket lives on there
+                transport.abort()  # type: ignore[attr-defined]
             return
         if link is None:
             logger.warning("no client for TCP connection on %s:%d; closing", ip, port)
