@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Callable, Coroutine
@@ -20,9 +21,12 @@ from typing import Any
 
 from ._version import __version__
 from .cluster import Supervisor, Worker, WorkerSettings, reserve_port, reuse_port_available
+from .cluster.hop import MIN_SECRET
+from .cluster.node import Node
 from .demo import start_demo_app
 from .errors import IdentifierRefusedError, RegistryError
 from .registry import MemoryRegistry, Registry, SqliteRegistry
+from .registry.redis import RedisRegistry
 from .settings import (
     LOG_LEVELS,
     SERVER_KEYS,
@@ -34,6 +38,7 @@ from .settings import (
     check_identifier,
     check_listen_address,
     check_network,
+    check_registry_url,
     check_virtual_host,
     check_workers,
     load_client_file,
@@ -44,11 +49,13 @@ from .tunnel import Client, ClientStateChange, Server
 from .tunnel.access import open_access_log
 from .tunnel.addr import split_host_port
 from .tunnel.limits import raise_fd_limit
+from .tunnel.peers import Peers
 
 logger = logging.getLogger("ytun")
 
 #: Where ``ytun client`` looks for its identifier when no flag names one.
 IDENTIFIER_VARIABLE = "YTUN_IDENTIFIER"
+CLUSTER_SECRET_VARIABLE = "YTUN_CLUSTER_SECRET"
 
 DEFAULT_LISTEN = "127.0.0.1:8000"
 DEFAULT_LOG_LEVEL = "info"
@@ -163,6 +170,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="the wildcard domain pointing at this server (*.NAME): subdomains are handed "
         "out under it, and names below a registered subdomain route to its client "
+        "(default: none)",
+    )
+    server.add_argument(
+        "--registry",
+        metavar="URL",
+        help="share hosts, TCP routes and who holds which client with other servers through "
+        "Redis (redis://HOST:PORT/DB; needs ytun[redis]); needs --cluster-listen and a "
+        "cluster secret (default: none)",
+    )
+    server.add_argument(
+        "--cluster-listen",
+        metavar="HOST:PORT",
+        help="where the other servers of a --registry cluster reach this one, to forward "
+        "requests for clients held here (default: none)",
+    )
+    server.add_argument(
+        "--cluster-advertise",
+        metavar="HOST:PORT",
+        help="the address other servers dial for --cluster-listen, when that listens on "
+        "every interface (default: --cluster-listen)",
+    )
+    server.add_argument(
+        "--cluster-secret-file",
+        metavar="FILE",
+        help=f"a file holding the secret every server of the cluster shares (at least 16 "
+        f"bytes), to authenticate forwarded connections; or ${CLUSTER_SECRET_VARIABLE} "
         "(default: none)",
     )
     server.add_argument(
@@ -365,6 +398,11 @@ class ServerConfig:
     file: ServerFile | None
     state: Path | None = None
     domain: str | None = None
+    #: A shared registry (``redis://…``) and this node's hop listener, when clustered.
+    registry: str | None = None
+    cluster_listen: tuple[str | None, int] | None = None
+    cluster_advertise: str | None = None
+    cluster_secret: bytes = field(default=b"", repr=False)
     # Identifiers: kept out of repr().
     flag_hosts: dict[str, str] = field(default_factory=dict, repr=False)
     flag_tcp: dict[str, str] = field(default_factory=dict, repr=False)
@@ -428,6 +466,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         raise UsageError(
             "--workers cannot share one --state file (one process holds it); use one worker"
         )
+    registry, cluster_listen, advertise, secret = _cluster_options(args, file, state, workers)
     return ServerConfig(
         listen_host=listen_host,
         listen_port=listen_port,
@@ -459,7 +498,57 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         flag_tcp=flag_tcp,
         state=state,
         domain=domain,
+        registry=registry,
+        cluster_listen=cluster_listen,
+        cluster_advertise=advertise,
+        cluster_secret=secret,
     )
+
+
+def _cluster_options(
+    args: argparse.Namespace, file: ServerFile | None, state: Path | None, workers: int
+) -> tuple[str | None, tuple[str | None, int] | None, str | None, bytes]:
+    """--registry, --cluster-listen, --cluster-advertise and the secret, checked together."""
+    registry = _pick(args.registry, file and file.registry, None)
+    listen = _pick(args.cluster_listen, file and file.cluster_listen, None)
+    advertise = _pick(args.cluster_advertise, file and file.cluster_advertise, None)
+    secret_file = args.cluster_secret_file or (file.cluster_secret_file if file else None)
+    if registry is None:
+        if listen or advertise or secret_file:
+            raise UsageError("--cluster-listen, --cluster-advertise and the secret need --registry")
+        return None, None, None, b""
+    check_registry_url(registry, "--registry")
+    if state is not None:
+        raise UsageError("--registry and --state are two places for the routes: give one")
+    if workers > 1:
+        raise UsageError("--registry runs one process per server: give --workers 1")
+    if listen is None:
+        raise UsageError("--registry needs --cluster-listen HOST:PORT for the other servers")
+    address = check_listen_address(listen, "--cluster-listen")
+    if advertise is not None:
+        check_listen_address(advertise, "--cluster-advertise")
+    elif address[0] in (None, "0.0.0.0", "::"):
+        raise UsageError(
+            "--cluster-listen listens on every interface: give --cluster-advertise HOST:PORT, "
+            "the address the other servers dial"
+        )
+    else:
+        advertise = listen
+    if secret_file is not None:
+        try:
+            secret = Path(secret_file).read_bytes().strip()
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read the cluster secret file {secret_file}: {exc.strerror or exc}"
+            ) from None
+    else:
+        secret = os.environ.get(CLUSTER_SECRET_VARIABLE, "").strip().encode()
+    if len(secret) < MIN_SECRET:
+        raise UsageError(
+            f"--registry needs a cluster secret of at least {MIN_SECRET} bytes: "
+            f"--cluster-secret-file FILE or ${CLUSTER_SECRET_VARIABLE}"
+        )
+    return registry, address, advertise, secret
 
 
 def _positive(value: float, what: str) -> float:
@@ -508,6 +597,8 @@ class RunningServer:
         #: TCP route as configured -> (its identifier, the port it is bound to)
         self.tcp: dict[str, tuple[str, int]] = {}
         self._reloading = asyncio.Lock()
+        #: This server's place among the nodes of a --registry cluster.
+        self.node: Node | None = None
 
     async def apply_routes(
         self, hosts: dict[str, str], tcp: dict[str, str], *, at_start: bool
@@ -596,7 +687,15 @@ async def start_server(config: ServerConfig, worker: Worker | None = None) -> Ru
         raise UsageError(
             f"cannot open the access log {config.access_log}: {exc.strerror or exc}"
         ) from None
-    registry = open_registry(config.state, worker.settings.salt if worker is not None else "")
+    node: Node | None = None
+    if config.registry is not None:
+        node = await start_node(config)
+        registry: Registry = node.registry
+    else:
+        registry = open_registry(config.state, worker.settings.salt if worker is not None else "")
+    peers: Peers | None = node.peers if node is not None else None
+    if worker is not None:
+        peers = worker.peers
     server = Server(
         registry=registry,
         domain=config.domain,
@@ -607,10 +706,11 @@ async def start_server(config: ServerConfig, worker: Worker | None = None) -> Ru
         idle_timeout=config.idle_timeout,
         stream_timeout=config.stream_timeout,
         handshake_timeout=config.handshake_timeout,
-        peers=worker.peers if worker is not None else None,
+        peers=peers,
         via_mark=worker.settings.via_mark.encode() if worker is not None else None,
     )
     running = RunningServer(server, config, reuse_port=worker is not None)
+    running.node = node
     try:
         # "" is every interface to asyncio and uvloop alike.
         await server.serve(
@@ -623,7 +723,12 @@ async def start_server(config: ServerConfig, worker: Worker | None = None) -> Ru
             worker.serve(server.adopt)
         hosts, tcp = config.routes(config.file)
         await running.apply_routes(hosts, tcp, at_start=True)
+        if node is not None:
+            await server.flush()
+            await node.attach(server)
     except BaseException:
+        if node is not None:
+            await node.close()
         registry.close()
         raise
     if (
@@ -634,6 +739,37 @@ async def start_server(config: ServerConfig, worker: Worker | None = None) -> Ru
         logger.warning("no hosts and no TCP routes: every client will be refused")
     _report_stored_tcp_routes(server, running)
     return running
+
+
+async def start_node(config: ServerConfig) -> Node:
+    """The shared registry, loaded, and this server's place among the nodes (its hop
+    listener is bound here, so a busy port stops the server before anything else)."""
+    assert config.registry is not None and config.cluster_listen is not None
+    assert config.cluster_advertise is not None
+    registry = RedisRegistry(config.registry)
+    host, port = config.cluster_listen
+    try:
+        listen = socket.create_server((host or "", port))
+    except OSError as exc:
+        registry.close()
+        raise OSError(
+            exc.errno, f"cannot listen on --cluster-listen: {exc.strerror or exc}"
+        ) from exc
+    node = Node(registry, config.cluster_secret, listen, config.cluster_advertise)
+    try:
+        await registry.start()
+    except BaseException:
+        listen.close()
+        raise
+    logger.info(
+        "node %s: registry %s (%d hosts, %d TCP routes), cluster listener %s",
+        registry.node,
+        registry.safe_url,
+        len(registry.hosts()),
+        len(registry.tcp_routes()),
+        config.cluster_advertise,
+    )
+    return node
 
 
 def open_registry(state: Path | None, salt: str = "") -> Registry:
@@ -876,6 +1012,8 @@ async def server_main(config: ServerConfig, settings: WorkerSettings | None = No
     try:
         status = await signals.stop(server.close(grace=config.grace), lambda: server.close(grace=0))
     finally:
+        if running.node is not None:
+            await running.node.close()  # gives up its clients' records at once
         server.registry.close()
     if worker is not None:
         worker.close()

@@ -122,6 +122,13 @@ def check_network(value: str, what: str) -> str:
 MAX_WORKERS = 1024
 
 
+def check_registry_url(value: str, what: str) -> str:
+    """A shared registry: ``redis://[:password@]host[:port][/db]`` (or ``rediss://``)."""
+    if not value.startswith(("redis://", "rediss://")) or len(value.split("://", 1)[1]) == 0:
+        raise UsageError(f"{what} must be a redis://host:port/db URL")
+    return value
+
+
 def check_workers(value: int | str, what: str) -> int:
     """A number of worker processes, or ``auto``: one per CPU."""
     if value == "auto":
@@ -193,6 +200,11 @@ class ServerFile:
     state: Path | None = None
     domain: str | None = None
     workers: int | None = None
+    #: A shared registry's URL (``redis://…``), and this node's hop listener.
+    registry: str | None = None
+    cluster_listen: str | None = None
+    cluster_advertise: str | None = None
+    cluster_secret_file: Path | None = None
 
 
 @dataclass
@@ -373,6 +385,10 @@ SERVER_KEYS = (
     "tcp",
     "state",
     "domain",
+    "registry",
+    "cluster_listen",
+    "cluster_advertise",
+    "cluster_secret_file",
     "forwarded_headers",
     "trust_forwarded",
     "access_log",
@@ -424,6 +440,15 @@ def load_server_file(path: Path) -> ServerFile:
     if loaded.domain is not None:
         table.checked("domain", check_domain, loaded.domain)
         loaded.domain = check_domain(loaded.domain, "domain")
+    loaded.registry = table.string("registry")
+    if loaded.registry is not None:
+        table.checked("registry", check_registry_url, loaded.registry)
+    for name in ("cluster_listen", "cluster_advertise"):
+        value = table.string(name)
+        if value is not None:
+            table.checked(name, check_listen_address, value)
+        setattr(loaded, name, value)
+    loaded.cluster_secret_file = table.path_value("cluster_secret_file")
     loaded.forwarded_headers = table.boolean("forwarded_headers")
     loaded.trust_forwarded = table.strings("trust_forwarded")
     for network in loaded.trust_forwarded or ():

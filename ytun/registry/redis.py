@@ -155,6 +155,11 @@ class RedisRegistry(MemoryRegistry):
         self._watchers.append(callback)
 
     @property
+    def safe_url(self) -> str:
+        """The URL without its password, for logs."""
+        return _safe_url(self.url)
+
+    @property
     def connected(self) -> bool:
         return self._up.is_set()
 
@@ -366,7 +371,8 @@ class RedisRegistry(MemoryRegistry):
     def _lost(self, exc: BaseException) -> None:
         if self._up.is_set():
             logger.warning(
-                "registry %s unreachable (%s): serving from memory, changes wait",
+                "not ready: registry %s unreachable (%s); serving the clients held here "
+                "from memory, changes wait",
                 _safe_url(self.url),
                 _reason(exc),
             )
