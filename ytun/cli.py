@@ -39,6 +39,7 @@ from .settings import (
     check_listen_address,
     check_network,
     check_registry_url,
+    check_servers,
     check_virtual_host,
     check_workers,
     load_client_file,
@@ -277,7 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_flag(client, "client")
     client.add_argument(
-        "--server", metavar="HOST:PORT", help="the tunnel server (default: server in --config)"
+        "--server",
+        action="append",
+        metavar="HOST:PORT",
+        help="the tunnel server; repeat it or give a comma list for the servers of one "
+        "cluster: the next one is tried when one fails (default: server in --config)",
     )
     secret = client.add_mutually_exclusive_group()
     secret.add_argument(
@@ -830,10 +835,10 @@ def client_config(args: argparse.Namespace, environ: dict[str, str]) -> ClientCo
     file: ClientFile | None = None
     if args.config is not None:
         file = load_client_file(args.config)
-    server = _pick(args.server, file and file.server, None)
+    server = _pick(",".join(args.server) if args.server else None, file and file.server, None)
     if server is None:
         raise UsageError("no server: give --server HOST:PORT or server in --config")
-    check_address(server, "--server")
+    server = check_servers(server, "--server")
     local = _pick(args.local, file and file.local, None)
     if local is not None:
         check_address(local, "--local")
@@ -1048,11 +1053,12 @@ async def supervisor_main(config: ServerConfig, argv: list[str]) -> int:
 async def client_main(config: ClientConfig) -> int:
     signals = StopSignals()
     signals.install()
-    host, _ = split_host_port(config.server)
-    if config.ssl is None and not is_loopback(host):
-        logger.warning(
-            "the identifier crosses the network in cleartext to %s; use --tls", config.server
-        )
+    for address in config.server.split(","):
+        host, _ = split_host_port(address)
+        if config.ssl is None and not is_loopback(host):
+            logger.warning(
+                "the identifier crosses the network in cleartext to %s; use --tls", address
+            )
     last: list[ClientStateChange] = []
     client = make_client(config, last.append)
     task = asyncio.ensure_future(client.start())

@@ -122,6 +122,16 @@ def check_network(value: str, what: str) -> str:
 MAX_WORKERS = 1024
 
 
+def check_servers(value: str, what: str) -> str:
+    """One server ``HOST:PORT``, or several, comma separated (the nodes of a cluster)."""
+    servers = [address.strip() for address in value.split(",")]
+    if not all(servers):
+        raise UsageError(f"{what}: an empty address in {value!r}")
+    for address in servers:
+        check_address(address, what)
+    return ",".join(servers)
+
+
 def check_registry_url(value: str, what: str) -> str:
     """A shared registry: ``redis://[:password@]host[:port][/db]`` (or ``rediss://``)."""
     if not value.startswith(("redis://", "rediss://")) or len(value.split("://", 1)[1]) == 0:
@@ -477,7 +487,8 @@ def load_client_file(path: Path) -> ClientFile:
     loaded = ClientFile(path=path)
     loaded.server = table.string("server")
     if loaded.server is not None:
-        table.checked("server", check_address, loaded.server)
+        table.checked("server", check_servers, loaded.server)
+        loaded.server = check_servers(loaded.server, "server")
     identifier = table.string("identifier")
     identifier_file = table.path_value("identifier_file")
     if identifier is not None and identifier_file is not None:
