@@ -224,8 +224,9 @@ async def test_a_hop_with_a_wrong_secret_is_refused_and_served_nothing(
         try:
             await eventually(lambda: stranger.node.ownership.holder(key) == "a")
             answer = await raw_request(stranger.port, get(stranger.port, "app.test"))
-            assert answer == b"" or answer.startswith(b"HTTP/1.1 502")
-            assert a.node.hops.refused == 4
+            assert answer.startswith(b"HTTP/1.1 502")
+            assert answer.endswith(b"no client session established\n")
+            assert a.node.hops.refused == 4 and stranger.node.dialer.failed == 1
         finally:
             await stranger.stop()
     finally:
@@ -302,6 +303,37 @@ async def test_a_stopping_node_gives_its_clients_up_at_once(
         await asyncio.wait_for(task, 10)
         await eventually(lambda: b.node.ownership.holder(key) is None, timeout=5)
         assert await b.registry.client.get(f"ytun:owner:{key}") is None
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_redis_down_the_holder_keeps_serving_and_says_it_is_not_ready(
+    redis_server: RedisServer,  # noqa: F811
+    origin: str,
+) -> None:
+    a = await RunningNode("a", redis_server.url).start()
+    b = await RunningNode("b", redis_server.url).start()
+    try:
+        assert a.server.ready() and a.server.readiness() == []
+        a.server.add_host("app.test", "secret-1")
+        await a.server.flush()
+        client, task = await connect(a, "secret-1", origin)
+        key = a.registry.key_for("secret-1")
+        await eventually(lambda: b.node.ownership.holder(key) == "a")
+        redis_server.stop()
+        await eventually(lambda: not a.server.ready() and not b.server.ready())
+        assert any("Redis unreachable" in reason for reason in a.server.readiness())
+        answer = await raw_request(a.port, get(a.port, "app.test", "/?echo=held"))
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"held")
+        redis_server.start()  # empty: the nodes give it their routes and records back
+        await eventually(lambda: a.server.ready() and b.server.ready(), timeout=20)
+        await eventually(lambda: b.node.ownership.holder(key) == "a")
+        answer = await raw_request(b.port, get(b.port, "app.test", "/?echo=again"))
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"again")
+        assert await a.registry.client.hget("ytun:hosts", "app.test") == key.encode()
+        await client.close(grace=1)
+        await asyncio.wait_for(task, 10)
     finally:
         await a.stop()
         await b.stop()

@@ -267,7 +267,7 @@ class HopDialer:
         loop = asyncio.get_running_loop()
         try:
             host, port = split_host_port(address)
-            hop_end = _HopOut(pipe, first, self)
+            hop_end = _HopOut(pipe, first, self, public if kind == "http" else None)
             await asyncio.wait_for(
                 loop.create_connection(lambda: hop_end, host, port), CONNECT_TIMEOUT
             )
@@ -294,18 +294,44 @@ class HopDialer:
 
 
 class _HopOut(PipeEnd):
-    """The hop connection's end of the pipe: the first line and early bytes go first."""
+    """The hop connection's end of the pipe: the first line and early bytes go first.
 
-    def __init__(self, pipe: Pipe, first: bytes, dialer: HopDialer) -> None:
+    A hop carrying HTTP that ends before the holder sent a byte (it refused the hop: a
+    wrong secret, or it is stopping) gets the public client a 502 rather than a bare close.
+    """
+
+    def __init__(
+        self, pipe: Pipe, first: bytes, dialer: HopDialer, http: asyncio.Transport | None
+    ) -> None:
         super().__init__(pipe, 1)
         self._first = first
         self._dialer = dialer
+        self._silent_public = http  # until the holder answers something
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.write(self._first)  # type: ignore[attr-defined]
         self._first = b""
         super().connection_made(transport)
 
+    def data_received(self, data: bytes) -> None:
+        self._silent_public = None
+        super().data_received(data)
+
+    def eof_received(self) -> bool:
+        if self._answer_refused():
+            return False
+        return super().eof_received()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._dialer.open -= 1
+        if self._answer_refused():
+            exc = None  # the public side closes after the answer, not at once
         super().connection_lost(exc)
+
+    def _answer_refused(self) -> bool:
+        public, self._silent_public = self._silent_public, None
+        if public is None or public.is_closing():
+            return False
+        self._dialer.failed += 1
+        public.write(error_response(502, "no client session established", close=True))
+        return True
