@@ -1,18 +1,24 @@
 """The pieces of ``--workers`` in one process, on both loops: the ownership table, a
-worker's view of it over its channel, and handing a connection over a Unix socket."""
+worker's view of it over its channel, handing a connection over a Unix socket, and two
+servers handing public connections to each other."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 import struct
 
+import aiohttp
 import pytest
+from tunnel_helpers import Tunnel, raw_request
 
-from ytun.cluster import OwnershipTable, ParentOwnership
+from ytun import Server
+from ytun.cluster import Ownership, OwnershipTable, ParentOwnership, WorkerPeers
 from ytun.cluster.channel import Channel
 from ytun.cluster.handoff import CHUNK, MAX_CARRIED, HandOffReceiver, HandOffSender, socket_path
+from ytun.tunnel import koding
 
 
 def test_the_table_grants_a_key_to_the_first_claimer_until_released():
@@ -167,3 +173,68 @@ async def test_bad_hand_off_messages_drop_that_sender_only(tmp_path, message):
     client.close()
     sender.close()
     receiver.close()
+
+
+# -- two servers in one process, one holding the client ---------------------------------
+
+
+class _SharedTable(Ownership):
+    """Both servers' view of one table, as the parent's announcements keep it."""
+
+    def __init__(self, table: OwnershipTable, node: str) -> None:
+        self.table = table
+        self.node = node
+
+    async def claim(self, key: str) -> bool:
+        return self.table.claim(key, self.node) == self.node
+
+    def release(self, key: str) -> None:
+        self.table.release(key, self.node)
+
+    def holder(self, key: str) -> str | None:
+        return dict(self.table.items()).get(key)
+
+
+async def test_requests_reach_the_client_through_the_server_that_does_not_hold_it(tmp_path):
+    """Server 1 holds the client; everything is sent to server 0, which hands each
+    connection over: a plain request, a body, a WebSocket, a second CONNECT."""
+    table = OwnershipTable()
+    senders, receivers, servers = [], [], []
+    for node in ("0", "1"):
+        sender = HandOffSender(str(tmp_path))
+        server = Server(peers=WorkerPeers(_SharedTable(table, node), sender), via_mark=b"ytun-t")
+        receiver = HandOffReceiver(str(tmp_path), node, server.adopt)
+        receiver.start()
+        senders.append(sender)
+        receivers.append(receiver)
+        servers.append(server)
+    listener = await servers[0].serve("127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    async with Tunnel(server=servers[1]) as tunnel:
+        servers[0].add_host(tunnel.host, tunnel.identifier)
+        assert dict(table.items()) == {tunnel.identifier: "1"}
+        url = f"http://127.0.0.1:{port}"
+        headers = {"Host": tunnel.host}
+        body = os.urandom(200_000)
+        # A connection per request: each one lands on server 0 and is handed over.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async with session.get(f"{url}/?echo=moved", headers=headers) as answer:
+                assert (answer.status, await answer.text()) == (200, "moved")
+            async with session.post(f"{url}/upload", data=body, headers=headers) as answer:
+                expected = f"{len(body)} {hashlib.sha256(body).hexdigest()}"
+                assert (answer.status, await answer.text()) == (200, expected)
+            async with session.ws_connect(f"{url}/ws", headers=headers) as ws:
+                await ws.send_str("through a hand-off")
+                assert (await ws.receive(timeout=5)).data == "through a hand-off"
+        second = koding.connect_request(tunnel.host, tunnel.identifier)
+        answer = await raw_request(port, second)
+        assert answer.startswith(b"HTTP/1.1 502") and b"control conn already exist" in answer
+        assert servers[1].is_connected(tunnel.identifier)
+        assert senders[0].sent == receivers[1].adopted >= 4
+        assert senders[1].sent == receivers[0].adopted == 0
+    assert dict(table.items()) == {}  # the client left: released
+    for sender, receiver in zip(senders, receivers, strict=True):
+        sender.close()
+        receiver.close()
+    await servers[0].close(grace=0)

@@ -112,6 +112,8 @@ class Supervisor:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for future in done:
                     if future in keepers:
+                        if self._stopping.is_set():
+                            return 0  # told to stop while starting
                         status: int | None = future.result()
                         return status if status else 1
                 if self._stopping.is_set():

@@ -461,7 +461,10 @@ class PublicProtocol(asyncio.Protocol):
         again in a moment (the end of an earlier answer is still ours to write)."""
         peers = self._gateway.peers
         transport = self._transport
-        if peers is None or transport is None or not self._may_hand_off:
+        if peers is None or transport is None:
+            return False
+        if not self._may_hand_off:  # it was just handed here: answered here, the next may move
+            self._may_hand_off = True
             return False
         if transport.get_extra_info("sslcontext") is not None:
             return False  # the TLS session lives in this process: it cannot move
