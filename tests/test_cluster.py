@@ -15,7 +15,15 @@ import pytest
 from tunnel_helpers import Tunnel, raw_request
 
 from ytun import Server
-from ytun.cluster import Ownership, OwnershipTable, ParentOwnership, WorkerPeers
+from ytun.cluster import (
+    Ownership,
+    OwnershipTable,
+    ParentOwnership,
+    WorkerPeers,
+    listen_shared,
+    reserve_port,
+    sharing,
+)
 from ytun.cluster.channel import Channel
 from ytun.cluster.handoff import CHUNK, MAX_CARRIED, HandOffReceiver, HandOffSender, socket_path
 from ytun.tunnel import koding
@@ -238,3 +246,36 @@ async def test_requests_reach_the_client_through_the_server_that_does_not_hold_i
         sender.close()
         receiver.close()
     await servers[0].close(grace=0)
+
+
+# -- sharing the port -------------------------------------------------------------------
+
+
+def test_the_port_is_shared_by_reuse_port_unless_told_to_inherit():
+    assert sharing({}) == "reuse_port"
+    assert sharing({"YTUN_SHARE_LISTENER": "inherit"}) == "inherit"
+
+
+def test_a_reserved_port_takes_workers_and_nobody_else():
+    reserved = reserve_port("127.0.0.1", 0)
+    port = reserved[0].getsockname()[1]
+    with socket.socket() as other, pytest.raises(OSError):
+        other.bind(("127.0.0.1", port))  # another program: refused
+    with socket.socket() as worker:
+        worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        worker.bind(("127.0.0.1", port))
+        worker.listen()
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            conn, _ = worker.accept()  # the worker gets it, never the reservation
+            conn.close()
+    for sock in reserved:
+        sock.close()
+
+
+def test_a_taken_port_is_named():
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+            reserve_port("127.0.0.1", port)
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+            listen_shared("127.0.0.1", port)

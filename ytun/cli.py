@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Callable, Coroutine
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .cluster import Supervisor, Worker, WorkerSettings, reserve_port, reuse_port_available
+from .cluster import Supervisor, Worker, WorkerSettings, listen_shared, reserve_port, sharing
 from .demo import start_demo_app
 from .errors import IdentifierRefusedError
 from .settings import (
@@ -398,8 +399,6 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
             "--workers needs a plain-TCP public port: a TLS session cannot move between "
             "processes (end TLS in front of ytun, or run one worker)"
         )
-    if workers > 1 and not reuse_port_available():
-        raise UsageError("--workers needs SO_REUSEPORT, which this system does not have")
     return ServerConfig(
         listen_host=listen_host,
         listen_port=listen_port,
@@ -469,11 +468,20 @@ RESTART_KEYS = tuple(
 class RunningServer:
     """A listening server and the routes it was given, so a reload can apply the change."""
 
-    def __init__(self, server: Server, config: ServerConfig, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        server: Server,
+        config: ServerConfig,
+        *,
+        reuse_port: bool = False,
+        tcp_listen: bool = True,
+    ) -> None:
         self.server = server
         self.config = config
-        #: A worker shares its TCP route ports with the other workers.
+        #: A worker shares its TCP route ports with the other workers (SO_REUSEPORT)...
         self.reuse_port = reuse_port
+        #: ...or, sharing an inherited listener, only routes them (worker 0 listens).
+        self.tcp_listen = tcp_listen
         self.hosts: dict[str, str] = {}
         #: TCP route as configured -> (its identifier, the port it is bound to)
         self.tcp: dict[str, tuple[str, int]] = {}
@@ -508,7 +516,9 @@ class RunningServer:
                     changes.append(f"~tcp {address}")
                 continue
             try:
-                bound = await self.server.add_addr(address, identifier, reuse_port=self.reuse_port)
+                bound = await self.server.add_addr(
+                    address, identifier, reuse_port=self.reuse_port, listen=self.tcp_listen
+                )
             except OSError as exc:
                 if at_start:
                     raise OSError(
@@ -577,11 +587,23 @@ async def start_server(config: ServerConfig, worker: Worker | None = None) -> Ru
         peers=worker.peers if worker is not None else None,
         via_mark=worker.settings.via_mark.encode() if worker is not None else None,
     )
-    running = RunningServer(server, config, reuse_port=worker is not None)
-    # "" is every interface to asyncio and uvloop alike.
-    await server.serve(
-        config.listen_host or "", config.listen_port, ssl=config.ssl, reuse_port=worker is not None
+    inherited = worker.settings.listen_fds if worker is not None else ()
+    running = RunningServer(
+        server,
+        config,
+        reuse_port=worker is not None and not inherited,
+        tcp_listen=worker is None or worker.settings.listens_on_tcp_routes,
     )
+    for fd in inherited:  # the parent's listener, shared by every worker
+        await server.serve(sock=socket.socket(fileno=fd), ssl=config.ssl)
+    if not inherited:
+        # "" is every interface to asyncio and uvloop alike.
+        await server.serve(
+            config.listen_host or "",
+            config.listen_port,
+            ssl=config.ssl,
+            reuse_port=worker is not None,
+        )
     if worker is not None:
         worker.serve(server.adopt)
     hosts, tcp = config.routes(config.file)
@@ -807,9 +829,16 @@ async def server_main(config: ServerConfig, settings: WorkerSettings | None = No
 
 async def supervisor_main(config: ServerConfig, argv: list[str]) -> int:
     """``--workers N``: this process only supervises N worker processes."""
-    # Held (bound, never listening) while the workers come and go: a busy port is
-    # found here, at once; port 0 becomes one port for all; no other user can take it.
-    reserved = reserve_port(config.listen_host or "", config.listen_port)
+    # Held while the workers come and go: a busy port is found here, at once; port 0
+    # becomes one port for all; no other user can take it. With SO_REUSEPORT it is only
+    # bound (the workers listen), else it listens and the workers inherit it.
+    shared = sharing() == "inherit"
+    host = config.listen_host or ""
+    reserved = (
+        listen_shared(host, config.listen_port)
+        if shared
+        else reserve_port(host, config.listen_port)
+    )
     config.listen_port = reserved[0].getsockname()[1]
 
     def ready() -> None:
@@ -822,6 +851,7 @@ async def supervisor_main(config: ServerConfig, argv: list[str]) -> int:
         via_mark="ytun-" + secrets.token_hex(8),
         grace=config.grace,
         on_ready=ready,
+        listeners=reserved if shared else (),
     )
     try:
         return await supervisor.run()

@@ -63,6 +63,7 @@ class Supervisor:
         via_mark: str,
         grace: float,
         on_ready: Callable[[], None] = lambda: None,
+        listeners: Sequence[socket.socket] = (),
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -71,6 +72,8 @@ class Supervisor:
         self.via_mark = via_mark
         self.grace = grace
         self._on_ready = on_ready
+        #: Listening sockets every worker inherits and accepts on (empty: SO_REUSEPORT).
+        self._listen_fds = tuple(sock.fileno() for sock in listeners)
         self._slots = [_Slot(str(index)) for index in range(workers)]
         self._table = OwnershipTable()
         self._directory = ""
@@ -174,6 +177,7 @@ class Supervisor:
             directory=self._directory,
             via_mark=self.via_mark,
             port=self.port,
+            listen_fds=self._listen_fds,
         )
         environ = dict(os.environ)
         environ[WORKER_VARIABLE] = settings.to_environ()
@@ -189,7 +193,7 @@ class Supervisor:
                 *self.command,
                 env=environ,
                 stdin=asyncio.subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),),
+                pass_fds=(theirs.fileno(), *self._listen_fds),
             )
         finally:
             theirs.close()

@@ -30,6 +30,16 @@ class WorkerSettings:
     directory: str  # where the workers' hand-off sockets live (the parent's, mode 0700)
     via_mark: str  # the server's Via mark, the same in every worker
     port: int  # the public port (the parent resolved a port 0)
+    #: The parent's listening sockets to accept on (``inherit``); empty: listen with
+    #: SO_REUSEPORT on ``port`` (``reuse_port``).
+    listen_fds: tuple[int, ...] = ()
+
+    @property
+    def listens_on_tcp_routes(self) -> bool:
+        """Whether this worker listens on the TCP routes' ports: all do with SO_REUSEPORT,
+        only worker 0 with an inherited listener (the others take the routes' connections
+        it hands over)."""
+        return not self.listen_fds or self.node == "0"
 
     def to_environ(self) -> str:
         return json.dumps(self.__dict__)
@@ -40,6 +50,7 @@ class WorkerSettings:
         if not text:
             return None
         values = json.loads(text)
+        values["listen_fds"] = tuple(values.get("listen_fds", ()))
         return cls(**values)
 
 
