@@ -576,6 +576,8 @@ async def start_server(config: ServerConfig, worker: Worker | None = None) -> Ru
         raise UsageError(
             f"cannot open the access log {config.access_log}: {exc.strerror or exc}"
         ) from None
+    if access_log is not None and worker is not None:
+        access_log.shared = True  # every worker writes to the same place
     server = Server(
         forwarded_headers=config.forwarded_headers,
         trust_forwarded=config.trust_forwarded,
