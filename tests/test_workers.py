@@ -395,3 +395,10 @@ def test_a_busy_port_ends_the_parent_at_once(ytun_cli):
         assert server.finish() == 1
     assert f"cannot listen on 127.0.0.1:{port}" in "".join(server.stderr)
     assert "Traceback" not in server.output()
+
+
+def test_a_stray_worker_variable_is_a_usage_error(ytun_cli):
+    server = ytun_cli("server", env={"YTUN_WORKER": "{not json"})
+    assert server.finish() == 2
+    assert "$YTUN_WORKER is unreadable" in "".join(server.stderr)
+    assert "Traceback" not in server.output()

@@ -21,6 +21,7 @@ from typing import Any
 
 from ._version import __version__
 from .cluster import Supervisor, Worker, WorkerSettings, listen_shared, reserve_port, sharing
+from .cluster.worker import WORKER_VARIABLE
 from .demo import start_demo_app
 from .errors import IdentifierRefusedError
 from .settings import (
@@ -935,7 +936,13 @@ def main(argv: list[str] | None = None) -> int:
         if command == "server":
             server = server_config(args)
             log_level = server.log_level
-            worker = WorkerSettings.from_environ(os.environ)
+            try:
+                worker = WorkerSettings.from_environ(os.environ)
+            except (ValueError, TypeError):
+                raise UsageError(
+                    f"${WORKER_VARIABLE} is unreadable: ytun server --workers sets it for its "
+                    "worker processes; unset it"
+                ) from None
             if worker is not None:
                 log_format = (
                     f"%(asctime)s %(levelname)s %(name)s[worker {worker.node}]: %(message)s"
