@@ -12,6 +12,7 @@ import struct
 
 import aiohttp
 import pytest
+from test_tunnel_http import connect, get, read_response
 from tunnel_helpers import Tunnel, raw_request
 
 from ytun import Server
@@ -203,19 +204,25 @@ class _SharedTable(Ownership):
         return dict(self.table.items()).get(key)
 
 
-async def test_requests_reach_the_client_through_the_server_that_does_not_hold_it(tmp_path):
-    """Server 1 holds the client; everything is sent to server 0, which hands each
-    connection over: a plain request, a body, a WebSocket, a second CONNECT."""
+def two_servers(directory: str):
+    """Two servers of one table, handing connections to each other through ``directory``."""
     table = OwnershipTable()
     senders, receivers, servers = [], [], []
     for node in ("0", "1"):
-        sender = HandOffSender(str(tmp_path))
+        sender = HandOffSender(directory)
         server = Server(peers=WorkerPeers(_SharedTable(table, node), sender), via_mark=b"ytun-t")
-        receiver = HandOffReceiver(str(tmp_path), node, server.adopt)
+        receiver = HandOffReceiver(directory, node, server.adopt)
         receiver.start()
         senders.append(sender)
         receivers.append(receiver)
         servers.append(server)
+    return table, senders, receivers, servers
+
+
+async def test_requests_reach_the_client_through_the_server_that_does_not_hold_it(tmp_path):
+    """Server 1 holds the client; everything is sent to server 0, which hands each
+    connection over: a plain request, a body, a WebSocket, a second CONNECT."""
+    table, senders, receivers, servers = two_servers(str(tmp_path))
     listener = await servers[0].serve("127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
     async with Tunnel(server=servers[1]) as tunnel:
@@ -279,3 +286,31 @@ def test_a_taken_port_is_named():
             reserve_port("127.0.0.1", port)
         with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
             listen_shared("127.0.0.1", port)
+
+
+async def test_a_keep_alive_connection_moves_as_often_as_its_requests_need(tmp_path):
+    """Pipelined requests in one write, for a client of server 1, one of server 0, one of
+    server 1 again: the connection goes 0 -> 1 -> 0 -> 1, carrying the requests not yet
+    answered, and the answers come back in order."""
+    table, senders, receivers, servers = two_servers(str(tmp_path))
+    listener = await servers[0].serve("127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    async with Tunnel(server=servers[1]) as far, Tunnel(server=servers[0]) as near:
+        servers[0].add_host(far.host, far.identifier)
+        servers[1].add_host(near.host, near.identifier)
+        assert dict(table.items()) == {far.identifier: "1", near.identifier: "0"}
+        async with connect(port) as (reader, writer):
+            writer.write(
+                get("/?echo=one", far.host)
+                + get("/?echo=two", near.host)
+                + get("/?echo=three", far.host)
+            )
+            for text in ("one", "two", "three"):
+                answer = await read_response(reader)
+                assert (answer.status, answer.body) == (200, text.encode())
+        assert (senders[0].sent, senders[1].sent) == (2, 1)
+        assert (receivers[1].adopted, receivers[0].adopted) == (2, 1)
+    for sender, receiver in zip(senders, receivers, strict=True):
+        sender.close()
+        receiver.close()
+    await servers[0].close(grace=0)
