@@ -21,6 +21,10 @@ give the cost per request and, for the ``handoff`` scenario, where the hand-off 
   only accepts, reads a head and hands the connection over; its CPU seconds per hand-off
   are the sending side's cost. The holder's CPU seconds per request, against one worker's
   in the ``close`` run, are the adopting side's extra.
+
+``--descriptors-only`` measures the descriptor passing alone, in one process: a loopback
+connection's socket duplicated, sent with its bytes over the hand-off socket, received and
+closed, N times (no HTTP, no transports).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +56,15 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def switches(pid: int) -> int:
+    """Context switches so far (voluntary: it waited for events; involuntary: preempted)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return sum(int(n) for n in re.findall(r"ctxt_switches:\s+(\d+)", text))
 
 
 def children(pid: int) -> list[int]:
@@ -145,9 +159,10 @@ def run_once(
         for name in names:
             wait_for_200(port, name)
         pids = [server.pid, *children(server.pid)]
-        before = {pid: cpu_seconds(pid) for pid in pids}
+        before = {pid: (cpu_seconds(pid), switches(pid)) for pid in pids}
         result = wrk(port, names, args.connections, args.duration, scenario != "keepalive")
-        result["cpu_s"] = {str(pid): cpu_seconds(pid) - before[pid] for pid in pids}
+        result["cpu_s"] = {str(pid): cpu_seconds(pid) - before[pid][0] for pid in pids}
+        result["switches"] = sum(switches(pid) - before[pid][1] for pid in pids)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
@@ -166,6 +181,50 @@ def run_once(
     return result
 
 
+async def descriptors_only(count: int) -> float:
+    """Seconds per hand-off of the descriptor passing alone (uvloop, one process)."""
+    import asyncio
+
+    from ytun.cluster.handoff import HandOffReceiver, HandOffSender
+
+    done = asyncio.Event()
+    received = 0
+
+    def adopt(conn: socket.socket, kind: str, data: bytes) -> None:
+        nonlocal received
+        conn.close()
+        received += 1
+        if received == count:
+            done.set()
+
+    class _Held(asyncio.Protocol):
+        pass
+
+    loop = asyncio.get_running_loop()
+    directory = tempfile.mkdtemp(prefix="ytun-bench-fd-")
+    receiver = HandOffReceiver(directory, "1", adopt)
+    receiver.start()
+    sender = HandOffSender(directory)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+    accepted.setblocking(False)
+    transport, _ = await loop.connect_accepted_socket(_Held, accepted)
+    head = b"GET / HTTP/1.1\r\nHost: h0.bench:8000\r\n\r\n"
+    started = time.process_time()
+    for n in range(count):
+        sender.send("1", "http", transport, head)
+        if n % 64 == 63:
+            await asyncio.sleep(0)  # let the receiver keep up
+    await asyncio.wait_for(done.wait(), 60)
+    spent = time.process_time() - started
+    transport.abort()
+    client.close()
+    sender.close()
+    receiver.close()
+    return spent / count
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=4)
@@ -174,7 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--descriptors-only", type=int, metavar="N", help="see above")
     args = parser.parse_args(argv)
+    if args.descriptors_only:
+        import uvloop
+
+        each = uvloop.run(descriptors_only(args.descriptors_only))
+        print(f"descriptor passing: {each * 1e6:.1f} µs CPU per hand-off (send and receive)")
+        return 0
     logs = Path(tempfile.mkdtemp(prefix="ytun-bench-workers-"))
     origin_port = free_port()
     origin = start(
@@ -198,19 +264,33 @@ def main(argv: list[str] | None = None) -> int:
         origin.send_signal(signal.SIGTERM)
         origin.wait(10)
     print()
-    print("| scenario | workers | req/s (each run) | p99 ms | server CPU s / 1000 req |")
-    print("|---|---|---|---|---|")
+    print(
+        "| scenario | workers | req/s (each run) | p99 ms (worst) | server CPU µs / req "
+        "| server context switches / req |"
+    )
+    print("|---|---|---|---|---|---|")
     for name, runs in results.items():
         scenario, workers = name.split(" w")
         rps = ", ".join(f"{run['rps']:.0f}" for run in runs)
         p99 = max(run["p99_ms"] for run in runs)
-        per = [sum(run["cpu_s"].values()) / (run["rps"] * args.duration) * 1000 for run in runs]
-        print(f"| {scenario} | {workers} | {rps} | {p99:.1f} | {min(per):.3f} |")
+        requests = [run["rps"] * args.duration for run in runs]
+        per = sorted(
+            sum(r["cpu_s"].values()) / n * 1e6 for r, n in zip(runs, requests, strict=True)
+        )
+        ctx = sorted(r["switches"] / n for r, n in zip(runs, requests, strict=True))
+        middle = len(runs) // 2
+        print(
+            f"| {scenario} | {workers} | {rps} | {p99:.1f} | {per[middle]:.0f} "
+            f"| {ctx[middle]:.2f} |"
+        )
     for scenario in ("keepalive", "close"):
         one, two = results.get(f"{scenario} w1"), results.get(f"{scenario} w2")
         if one and two:
-            ratio = sum(r["rps"] for r in two) / sum(r["rps"] for r in one)
-            print(f"{scenario}: workers 2 / workers 1 = {ratio:.2f}")
+            ratio = (
+                sorted(r["rps"] for r in two)[len(two) // 2]
+                / sorted(r["rps"] for r in one)[len(one) // 2]
+            )
+            print(f"{scenario}: workers 2 / workers 1 = {ratio:.2f} (medians)")
     for run in results.get("handoff w2", []):
         handed = run["handed"]
         sender = max(handed, key=lambda node: handed[node][0])

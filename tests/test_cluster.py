@@ -1,18 +1,33 @@
 """The pieces of ``--workers`` in one process, on both loops: the ownership table, a
-worker's view of it over its channel, and handing a connection over a Unix socket."""
+worker's view of it over its channel, handing a connection over a Unix socket, and two
+servers handing public connections to each other."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 import struct
 
+import aiohttp
 import pytest
+from test_tunnel_http import connect, get, read_response
+from tunnel_helpers import Tunnel, raw_request
 
-from ytun.cluster import OwnershipTable, ParentOwnership
+from ytun import MemoryRegistry, Server
+from ytun.cluster import (
+    Ownership,
+    OwnershipTable,
+    ParentOwnership,
+    WorkerPeers,
+    listen_shared,
+    reserve_port,
+    sharing,
+)
 from ytun.cluster.channel import Channel
 from ytun.cluster.handoff import CHUNK, MAX_CARRIED, HandOffReceiver, HandOffSender, socket_path
+from ytun.tunnel import koding
 
 
 def test_the_table_grants_a_key_to_the_first_claimer_until_released():
@@ -167,3 +182,141 @@ async def test_bad_hand_off_messages_drop_that_sender_only(tmp_path, message):
     client.close()
     sender.close()
     receiver.close()
+
+
+# -- two servers in one process, one holding the client ---------------------------------
+
+
+class _SharedTable(Ownership):
+    """Both servers' view of one table, as the parent's announcements keep it."""
+
+    def __init__(self, table: OwnershipTable, node: str) -> None:
+        self.table = table
+        self.node = node
+
+    async def claim(self, key: str) -> bool:
+        return self.table.claim(key, self.node) == self.node
+
+    def release(self, key: str) -> None:
+        self.table.release(key, self.node)
+
+    def holder(self, key: str) -> str | None:
+        return dict(self.table.items()).get(key)
+
+
+def two_servers(directory: str):
+    """Two servers of one table, handing connections to each other through ``directory``."""
+    table = OwnershipTable()
+    senders, receivers, servers = [], [], []
+    salt = os.urandom(32)  # one salt, as the workers of one server share: one key per client
+    for node in ("0", "1"):
+        sender = HandOffSender(directory)
+        server = Server(
+            registry=MemoryRegistry(salt=salt),
+            peers=WorkerPeers(_SharedTable(table, node), sender),
+            via_mark=b"ytun-t",
+        )
+        receiver = HandOffReceiver(directory, node, server.adopt)
+        receiver.start()
+        senders.append(sender)
+        receivers.append(receiver)
+        servers.append(server)
+    return table, senders, receivers, servers
+
+
+async def test_requests_reach_the_client_through_the_server_that_does_not_hold_it(tmp_path):
+    """Server 1 holds the client; everything is sent to server 0, which hands each
+    connection over: a plain request, a body, a WebSocket, a second CONNECT."""
+    table, senders, receivers, servers = two_servers(str(tmp_path))
+    listener = await servers[0].serve("127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    async with Tunnel(server=servers[1]) as tunnel:
+        servers[0].add_host(tunnel.host, tunnel.identifier)
+        assert dict(table.items()) == {servers[1].registry.key_for(tunnel.identifier): "1"}
+        url = f"http://127.0.0.1:{port}"
+        headers = {"Host": tunnel.host}
+        body = os.urandom(200_000)
+        # A connection per request: each one lands on server 0 and is handed over.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async with session.get(f"{url}/?echo=moved", headers=headers) as answer:
+                assert (answer.status, await answer.text()) == (200, "moved")
+            async with session.post(f"{url}/upload", data=body, headers=headers) as answer:
+                expected = f"{len(body)} {hashlib.sha256(body).hexdigest()}"
+                assert (answer.status, await answer.text()) == (200, expected)
+            async with session.ws_connect(f"{url}/ws", headers=headers) as ws:
+                await ws.send_str("through a hand-off")
+                assert (await ws.receive(timeout=5)).data == "through a hand-off"
+        second = koding.connect_request(tunnel.host, tunnel.identifier)
+        answer = await raw_request(port, second)
+        assert answer.startswith(b"HTTP/1.1 502") and b"control conn already exist" in answer
+        assert servers[1].is_connected(tunnel.identifier)
+        assert senders[0].sent == receivers[1].adopted >= 4
+        assert senders[1].sent == receivers[0].adopted == 0
+    assert dict(table.items()) == {}  # the client left: released
+    for sender, receiver in zip(senders, receivers, strict=True):
+        sender.close()
+        receiver.close()
+    await servers[0].close(grace=0)
+
+
+# -- sharing the port -------------------------------------------------------------------
+
+
+def test_the_port_is_shared_by_reuse_port_unless_told_to_inherit():
+    assert sharing({}) == "reuse_port"
+    assert sharing({"YTUN_SHARE_LISTENER": "inherit"}) == "inherit"
+
+
+def test_a_reserved_port_takes_workers_and_nobody_else():
+    reserved = reserve_port("127.0.0.1", 0)
+    port = reserved[0].getsockname()[1]
+    with socket.socket() as other, pytest.raises(OSError):
+        other.bind(("127.0.0.1", port))  # another program: refused
+    with socket.socket() as worker:
+        worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        worker.bind(("127.0.0.1", port))
+        worker.listen()
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            conn, _ = worker.accept()  # the worker gets it, never the reservation
+            conn.close()
+    for sock in reserved:
+        sock.close()
+
+
+def test_a_taken_port_is_named():
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+            reserve_port("127.0.0.1", port)
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+            listen_shared("127.0.0.1", port)
+
+
+async def test_a_keep_alive_connection_moves_as_often_as_its_requests_need(tmp_path):
+    """Pipelined requests in one write, for a client of server 1, one of server 0, one of
+    server 1 again: the connection goes 0 -> 1 -> 0 -> 1, carrying the requests not yet
+    answered, and the answers come back in order."""
+    table, senders, receivers, servers = two_servers(str(tmp_path))
+    listener = await servers[0].serve("127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    async with Tunnel(server=servers[1]) as far, Tunnel(server=servers[0]) as near:
+        servers[0].add_host(far.host, far.identifier)
+        servers[1].add_host(near.host, near.identifier)
+        key_for = servers[0].registry.key_for
+        assert dict(table.items()) == {key_for(far.identifier): "1", key_for(near.identifier): "0"}
+        async with connect(port) as (reader, writer):
+            writer.write(
+                get("/?echo=one", far.host)
+                + get("/?echo=two", near.host)
+                + get("/?echo=three", far.host)
+            )
+            for text in ("one", "two", "three"):
+                answer = await read_response(reader)
+                assert (answer.status, answer.body) == (200, text.encode())
+        assert (senders[0].sent, senders[1].sent) == (2, 1)
+        assert (receivers[1].adopted, receivers[0].adopted) == (2, 1)
+    for sender, receiver in zip(senders, receivers, strict=True):
+        sender.close()
+        receiver.close()
+    await servers[0].close(grace=0)

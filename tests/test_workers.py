@@ -105,7 +105,13 @@ def get(port: int, host: str, path: str = "/", sock: socket.socket | None = None
     return request(port, f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(), sock)
 
 
-def start_workers(ytun_cli, port: int, *args: str, workers: str = "2") -> Ytun:
+#: How the workers share the port: their own SO_REUSEPORT sockets, or the parent's one.
+SHARING = pytest.mark.parametrize("share", ["reuse_port", "inherit"])
+
+
+def start_workers(
+    ytun_cli, port: int, *args: str, workers: str = "2", share: str = "reuse_port"
+) -> Ytun:
     server = ytun_cli(
         "server",
         "--listen",
@@ -117,6 +123,7 @@ def start_workers(ytun_cli, port: int, *args: str, workers: str = "2") -> Ytun:
         "--access-log",
         "off",
         *args,
+        env={"YTUN_SHARE_LISTENER": share},
     )
     server.wait_for(server.stdout, f"ytun server listening on http://127.0.0.1:{port}")
     return server
@@ -162,9 +169,10 @@ def worker_pids(server: Ytun) -> dict[str, int]:
     return pids
 
 
-def test_every_host_is_served_wherever_its_connections_land(ytun_cli, origin):
+@SHARING
+def test_every_host_is_served_wherever_its_connections_land(ytun_cli, origin, share):
     port = free_port()
-    server = start_workers(ytun_cli, port, *host_flags(port))
+    server = start_workers(ytun_cli, port, *host_flags(port), share=share)
     for host, secret in SECRETS.items():
         start_client(ytun_cli, port, secret, origin, server, host)
     for host in SECRETS:
@@ -223,10 +231,11 @@ def test_a_request_body_and_a_websocket_upgrade_survive_a_hand_off(ytun_cli, ori
     assert count(server, HANDED) > bodies_handed
 
 
-def test_a_tcp_route_is_served_from_every_worker(ytun_cli, tcp_echo):
+@SHARING
+def test_a_tcp_route_is_served_from_every_worker(ytun_cli, tcp_echo, share):
     port, tcp_port = free_port(), free_port()
     secret = SECRETS["a.test"]
-    server = start_workers(ytun_cli, port, "--tcp", f"127.0.0.1:{tcp_port}={secret}")
+    server = start_workers(ytun_cli, port, "--tcp", f"127.0.0.1:{tcp_port}={secret}", share=share)
     client = ytun_cli(
         "client",
         "--server",
@@ -236,11 +245,14 @@ def test_a_tcp_route_is_served_from_every_worker(ytun_cli, tcp_echo):
         env={"YTUN_IDENTIFIER": secret},
     )
     client.wait_for(client.stderr, "tunnel connected")
+    server.wait_for(server.stderr, f"client for tcp:{tcp_port} connected")
+    holder = holder_of(server, f"tcp:{tcp_port}")
     for n in range(CONNECTIONS):
         with socket.create_connection(("127.0.0.1", tcp_port), timeout=10) as conn:
             conn.sendall(f"line {n}\n".encode())
             assert conn.makefile("rb").readline() == f"echo: line {n}\n".encode()
-    assert count(server, "handed a TCP connection to worker") >= 1
+    if share == "reuse_port" or holder != "0":  # inherited: worker 0 accepts them all
+        assert count(server, "handed a TCP connection to worker") >= 1
 
 
 def test_a_second_client_with_the_same_identifier_is_refused_on_any_worker(ytun_cli, origin):
@@ -382,4 +394,11 @@ def test_a_busy_port_ends_the_parent_at_once(ytun_cli):
         server = ytun_cli("server", "--listen", f"127.0.0.1:{port}", "--workers", "2")
         assert server.finish() == 1
     assert f"cannot listen on 127.0.0.1:{port}" in "".join(server.stderr)
+    assert "Traceback" not in server.output()
+
+
+def test_a_stray_worker_variable_is_a_usage_error(ytun_cli):
+    server = ytun_cli("server", env={"YTUN_WORKER": "{not json"})
+    assert server.finish() == 2
+    assert "$YTUN_WORKER is unreadable" in "".join(server.stderr)
     assert "Traceback" not in server.output()

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .cluster import Supervisor, Worker, WorkerSettings, reserve_port, reuse_port_available
+from .cluster import Supervisor, Worker, WorkerSettings, listen_shared, reserve_port, sharing
 from .cluster.hop import MIN_SECRET
 from .cluster.node import Node
+from .cluster.worker import WORKER_VARIABLE
 from .demo import start_demo_app
 from .errors import IdentifierRefusedError, RegistryError
 from .registry import MemoryRegistry, Registry, SqliteRegistry
@@ -465,8 +466,6 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
             "--workers needs a plain-TCP public port: a TLS session cannot move between "
             "processes (end TLS in front of ytun, or run one worker)"
         )
-    if workers > 1 and not reuse_port_available():
-        raise UsageError("--workers needs SO_REUSEPORT, which this system does not have")
     if workers > 1 and state is not None:
         raise UsageError(
             "--workers cannot share one --state file (one process holds it); use one worker"
@@ -593,11 +592,20 @@ RESTART_KEYS = tuple(
 class RunningServer:
     """A listening server and the routes it was given, so a reload can apply the change."""
 
-    def __init__(self, server: Server, config: ServerConfig, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        server: Server,
+        config: ServerConfig,
+        *,
+        reuse_port: bool = False,
+        tcp_listen: bool = True,
+    ) -> None:
         self.server = server
         self.config = config
-        #: A worker shares its TCP route ports with the other workers.
+        #: A worker shares its TCP route ports with the other workers (SO_REUSEPORT)...
         self.reuse_port = reuse_port
+        #: ...or, sharing an inherited listener, only routes them (worker 0 listens).
+        self.tcp_listen = tcp_listen
         self.hosts: dict[str, str] = {}
         #: TCP route as configured -> (its identifier, the port it is bound to)
         self.tcp: dict[str, tuple[str, int]] = {}
@@ -634,7 +642,9 @@ class RunningServer:
                     changes.append(f"~tcp {address}")
                 continue
             try:
-                bound = await self.server.add_addr(address, identifier, reuse_port=self.reuse_port)
+                bound = await self.server.add_addr(
+                    address, identifier, reuse_port=self.reuse_port, listen=self.tcp_listen
+                )
             except OSError as exc:
                 if at_start:
                     raise OSError(
@@ -701,6 +711,8 @@ async def start_server(config: ServerConfig, worker: Worker | None = None) -> Ru
     peers: Peers | None = node.peers if node is not None else None
     if worker is not None:
         peers = worker.peers
+    if access_log is not None and worker is not None:
+        access_log.shared = True  # every worker writes to the same place
     server = Server(
         registry=registry,
         domain=config.domain,
@@ -714,16 +726,25 @@ async def start_server(config: ServerConfig, worker: Worker | None = None) -> Ru
         peers=peers,
         via_mark=worker.settings.via_mark.encode() if worker is not None else None,
     )
-    running = RunningServer(server, config, reuse_port=worker is not None)
+    inherited = worker.settings.listen_fds if worker is not None else ()
+    running = RunningServer(
+        server,
+        config,
+        reuse_port=worker is not None and not inherited,
+        tcp_listen=worker is None or worker.settings.listens_on_tcp_routes,
+    )
     running.node = node
     try:
-        # "" is every interface to asyncio and uvloop alike.
-        await server.serve(
-            config.listen_host or "",
-            config.listen_port,
-            ssl=config.ssl,
-            reuse_port=worker is not None,
-        )
+        for fd in inherited:  # the parent's listener, shared by every worker
+            await server.serve(sock=socket.socket(fileno=fd), ssl=config.ssl)
+        if not inherited:
+            # "" is every interface to asyncio and uvloop alike.
+            await server.serve(
+                config.listen_host or "",
+                config.listen_port,
+                ssl=config.ssl,
+                reuse_port=worker is not None,
+            )
         if worker is not None:
             worker.serve(server.adopt)
         hosts, tcp = config.routes(config.file)
@@ -1027,9 +1048,16 @@ async def server_main(config: ServerConfig, settings: WorkerSettings | None = No
 
 async def supervisor_main(config: ServerConfig, argv: list[str]) -> int:
     """``--workers N``: this process only supervises N worker processes."""
-    # Held (bound, never listening) while the workers come and go: a busy port is
-    # found here, at once; port 0 becomes one port for all; no other user can take it.
-    reserved = reserve_port(config.listen_host or "", config.listen_port)
+    # Held while the workers come and go: a busy port is found here, at once; port 0
+    # becomes one port for all; no other user can take it. With SO_REUSEPORT it is only
+    # bound (the workers listen), else it listens and the workers inherit it.
+    shared = sharing() == "inherit"
+    host = config.listen_host or ""
+    reserved = (
+        listen_shared(host, config.listen_port)
+        if shared
+        else reserve_port(host, config.listen_port)
+    )
     config.listen_port = reserved[0].getsockname()[1]
 
     def ready() -> None:
@@ -1042,6 +1070,7 @@ async def supervisor_main(config: ServerConfig, argv: list[str]) -> int:
         via_mark="ytun-" + secrets.token_hex(8),
         grace=config.grace,
         on_ready=ready,
+        listeners=reserved if shared else (),
     )
     try:
         return await supervisor.run()
@@ -1124,7 +1153,13 @@ def main(argv: list[str] | None = None) -> int:
         if command == "server":
             server = server_config(args)
             log_level = server.log_level
-            worker = WorkerSettings.from_environ(os.environ)
+            try:
+                worker = WorkerSettings.from_environ(os.environ)
+            except (ValueError, TypeError):
+                raise UsageError(
+                    f"${WORKER_VARIABLE} is unreadable: ytun server --workers sets it for its "
+                    "worker processes; unset it"
+                ) from None
             if worker is not None:
                 log_format = (
                     f"%(asctime)s %(levelname)s %(name)s[worker {worker.node}]: %(message)s"

@@ -9,7 +9,7 @@ lands on another worker is handed to the holder as a file descriptor (:mod:`.han
 """
 
 from .ownership import Ownership, OwnershipTable, ParentOwnership
-from .sharing import reserve_port, reuse_port_available
+from .sharing import listen_shared, reserve_port, reuse_port_available, sharing
 from .supervisor import Supervisor
 from .worker import Worker, WorkerPeers, WorkerSettings
 
@@ -21,6 +21,8 @@ __all__ = [
     "Worker",
     "WorkerPeers",
     "WorkerSettings",
+    "listen_shared",
     "reserve_port",
     "reuse_port_available",
+    "sharing",
 ]

@@ -58,21 +58,24 @@ class HandOffSender:
         sock = transport.get_extra_info("socket")
         if sock is None:
             return False
-        link = self._peers.get(node)
-        if link is None or link.broken:
-            link = self._peers[node] = _PeerLink(socket_path(self._directory, node))
-        if not link.connect():
-            return False
-        if len(link.queue) > MAX_QUEUED:
-            logger.warning("worker %s is not taking connections; answering here", node)
-            return False
-        fd = os.dup(sock.fileno())
         first = _HEADER.pack(b"H", _KINDS.index(kind), len(data)) + data[:CHUNK]
         messages = [first] + [_MORE + data[i : i + CHUNK] for i in range(CHUNK, len(data), CHUNK)]
-        link.queue.append((messages[0], fd))
-        link.queue.extend((message, -1) for message in messages[1:])
-        link.flush()
-        if link.broken:
+        # Twice at most: a connection made to a worker before it restarted fails once.
+        for _ in range(2):
+            link = self._peers.get(node)
+            if link is None or link.broken:
+                link = self._peers[node] = _PeerLink(socket_path(self._directory, node))
+            if not link.connect():
+                return False
+            if len(link.queue) > MAX_QUEUED:
+                logger.warning("worker %s is not taking connections; answering here", node)
+                return False
+            link.queue.append((messages[0], os.dup(sock.fileno())))
+            link.queue.extend((message, -1) for message in messages[1:])
+            link.flush()
+            if not link.broken:
+                break
+        else:
             return False
         self.sent += 1
         logger.debug(

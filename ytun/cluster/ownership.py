@@ -18,6 +18,9 @@ from collections.abc import Callable, Iterator
 
 from .channel import Channel, Message
 
+#: Seconds a worker waits for the parent to grant a claim.
+CLAIM_TIMEOUT = 5.0
+
 
 class Ownership(abc.ABC):
     """This process's view of who holds which client."""
@@ -91,7 +94,9 @@ class ParentOwnership(Ownership):
         self._asked[number] = answer
         self._channel.send({"t": "claim", "key": key, "n": number})
         try:
-            return await answer
+            return await asyncio.wait_for(answer, CLAIM_TIMEOUT)
+        except asyncio.TimeoutError:
+            return False  # the parent is stuck: the client is refused and tries again
         finally:
             self._asked.pop(number, None)
 

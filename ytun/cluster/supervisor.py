@@ -64,6 +64,7 @@ class Supervisor:
         via_mark: str,
         grace: float,
         on_ready: Callable[[], None] = lambda: None,
+        listeners: Sequence[socket.socket] = (),
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -74,6 +75,8 @@ class Supervisor:
         self.salt = secrets.token_hex(32)
         self.grace = grace
         self._on_ready = on_ready
+        #: Listening sockets every worker inherits and accepts on (empty: SO_REUSEPORT).
+        self._listen_fds = tuple(sock.fileno() for sock in listeners)
         self._slots = [_Slot(str(index)) for index in range(workers)]
         self._table = OwnershipTable()
         self._directory = ""
@@ -115,6 +118,8 @@ class Supervisor:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for future in done:
                     if future in keepers:
+                        if self._stopping.is_set():
+                            return 0  # told to stop while starting
                         status: int | None = future.result()
                         return status if status else 1
                 if self._stopping.is_set():
@@ -176,6 +181,7 @@ class Supervisor:
             via_mark=self.via_mark,
             port=self.port,
             salt=self.salt,
+            listen_fds=self._listen_fds,
         )
         environ = dict(os.environ)
         environ[WORKER_VARIABLE] = settings.to_environ()
@@ -191,7 +197,7 @@ class Supervisor:
                 *self.command,
                 env=environ,
                 stdin=asyncio.subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),),
+                pass_fds=(theirs.fileno(), *self._listen_fds),
             )
         finally:
             theirs.close()

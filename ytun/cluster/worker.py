@@ -33,6 +33,16 @@ class WorkerSettings:
     # The salt of the client keys in every worker's in-memory registry: ownership is
     # keyed by client key, so all workers must derive the same key from an identifier.
     salt: str = ""
+    #: The parent's listening sockets to accept on (``inherit``); empty: listen with
+    #: SO_REUSEPORT on ``port`` (``reuse_port``).
+    listen_fds: tuple[int, ...] = ()
+
+    @property
+    def listens_on_tcp_routes(self) -> bool:
+        """Whether this worker listens on the TCP routes' ports: all do with SO_REUSEPORT,
+        only worker 0 with an inherited listener (the others take the routes' connections
+        it hands over)."""
+        return not self.listen_fds or self.node == "0"
 
     def to_environ(self) -> str:
         return json.dumps(self.__dict__)
@@ -43,6 +53,7 @@ class WorkerSettings:
         if not text:
             return None
         values = json.loads(text)
+        values["listen_fds"] = tuple(values.get("listen_fds", ()))
         return cls(**values)
 
 

@@ -476,7 +476,10 @@ class PublicProtocol(asyncio.Protocol):
         again in a moment (the end of an earlier answer is still ours to write)."""
         peers = self._gateway.peers
         transport = self._transport
-        if peers is None or transport is None or not self._may_hand_off:
+        if peers is None or transport is None or not self._hand_offs:
+            return False  # alone, closed, or it came by a hop from another node: stays here
+        if not self._may_hand_off:  # it was just handed here: answered here, the next may move
+            self._may_hand_off = True
             return False
         if transport.get_write_buffer_size():
             if self._body_taken:

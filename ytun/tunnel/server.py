@@ -216,12 +216,14 @@ class Server:
         *,
         ip: str | None = None,
         reuse_port: bool = False,
+        listen: bool = True,
     ) -> tuple[str, int]:
         """Tunnel raw TCP: listen on ``address`` (``host:port`` or a listening socket) and
         route its connections to a client, by port, or by local IP when ``ip`` is given.
-        ``reuse_port`` shares the port with other processes (SO_REUSEPORT). Returns the
+        ``reuse_port`` shares the port with other processes (SO_REUSEPORT); ``listen=False``
+        only routes (another process listens and hands the connections over). Returns the
         listening address."""
-        return await self._tcp.add(address, identifier, ip, reuse_port=reuse_port)
+        return await self._tcp.add(address, identifier, ip, reuse_port=reuse_port, listen=listen)
 
     def delete_addr(self, port: int, *, ip: str | None = None) -> None:
         """Remove a TCP route; the listener closes when no port route is left on it.

@@ -43,10 +43,21 @@ class TcpListeners:
         self._listeners: dict[int, asyncio.Server] = {}
 
     async def add(
-        self, address: str | socket.socket, identifier: str, ip: str | None, *, reuse_port: bool
+        self,
+        address: str | socket.socket,
+        identifier: str,
+        ip: str | None,
+        *,
+        reuse_port: bool,
+        listen: bool = True,
     ) -> tuple[str, int]:
-        """Listen on ``address`` (once per port) and route it; returns the bound address."""
+        """Listen on ``address`` (once per port) and route it; returns the bound address.
+        ``listen=False`` only routes: another process listens and hands connections over."""
         loop = asyncio.get_running_loop()
+        if not listen and isinstance(address, str):
+            host, port = split_host_port(address)
+            self._registry.add_addr(port, identifier, ip)
+            return host, port
         if isinstance(address, socket.socket):
             sock_name = address.getsockname()
         else:
