@@ -337,3 +337,35 @@ async def test_redis_down_the_holder_keeps_serving_and_says_it_is_not_ready(
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_later_request_on_a_hopped_connection_for_another_holder_is_answered_502(
+    nodes: list[RunningNode], origin: str
+) -> None:
+    """The documented keep-alive rule: the hop carries the whole public connection, and the
+    holder answers what it cannot serve instead of forwarding a second time."""
+    a, b, c = nodes
+    a.server.add_host("app.test", "secret-1")
+    a.server.add_host("other.test", "secret-2")
+    await a.server.flush()
+    await eventually(lambda: c.registry.lookup_host("other.test") is not None)
+    first, first_task = await connect(a, "secret-1", origin)
+    second, second_task = await connect(c, "secret-2", origin)
+    try:
+        key1, key2 = a.registry.key_for("secret-1"), a.registry.key_for("secret-2")
+        await eventually(lambda: b.node.ownership.holder(key1) == "a")
+        await eventually(lambda: a.node.ownership.holder(key2) == "c")
+        keep = get(b.port, "app.test", "/?echo=one").replace(b"Connection: close\r\n", b"")
+        answer = await raw_request(b.port, keep + get(b.port, "other.test", "/?echo=two"))
+        assert answer.startswith(b"HTTP/1.1 200") and b"\r\n\r\none" in answer
+        assert answer.count(b"HTTP/1.1 502") == 1
+        assert answer.endswith(b"no client session established\n")
+        assert c.node.hops is not None and c.node.hops.accepted == 0
+        assert a.node.dialer.sent == 0  # the holder never forwarded it again
+        # On its own connection, the same request crosses one hop to C.
+        answer = await raw_request(b.port, get(b.port, "other.test", "/?echo=three"))
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"three")
+    finally:
+        for client, task in ((first, first_task), (second, second_task)):
+            await client.close(grace=1)
+            await asyncio.wait_for(task, 10)
