@@ -11,10 +11,12 @@ import asyncio
 import hashlib
 import json
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import trustme
 from aiohttp import web
 from redis_helpers import RedisServer, redis_server  # noqa: F401 - fixture
 from tunnel_helpers import origin_app, raw_request
@@ -38,17 +40,32 @@ async def eventually(check: Callable[[], bool], timeout: float = WAIT) -> None:
 
 
 class RunningNode:
-    def __init__(self, name: str, url: str, secret: bytes = SECRET) -> None:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        secret: bytes = SECRET,
+        listen_ssl: ssl.SSLContext | None = None,
+        dial_ssl: ssl.SSLContext | None = None,
+    ) -> None:
         self.name = name
         self.url = url
         self.secret = secret
+        self.listen_ssl = listen_ssl
+        self.dial_ssl = dial_ssl
 
     async def start(self) -> RunningNode:
         self.registry = RedisRegistry(self.url, node=self.name)
         hop_socket = socket.create_server(("127.0.0.1", 0))
         self.hop_port = hop_socket.getsockname()[1]
         self.node = Node(
-            self.registry, self.secret, hop_socket, f"127.0.0.1:{self.hop_port}", refresh=0.5
+            self.registry,
+            self.secret,
+            hop_socket,
+            f"127.0.0.1:{self.hop_port}",
+            refresh=0.5,
+            listen_ssl=self.listen_ssl,
+            dial_ssl=self.dial_ssl,
         )
         await self.registry.start()
         self.server = Server(registry=self.registry, peers=self.node.peers, access_log=None)
@@ -369,3 +386,39 @@ async def test_a_later_request_on_a_hopped_connection_for_another_holder_is_answ
         for client, task in ((first, first_task), (second, second_task)):
             await client.close(grace=1)
             await asyncio.wait_for(task, 10)
+
+
+async def test_the_hop_over_tls_checks_the_holders_certificate(
+    redis_server: RedisServer,  # noqa: F811
+    origin: str,
+) -> None:
+    authority = trustme.CA()
+    served = authority.issue_cert("127.0.0.1").configure_cert
+    listen_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served(listen_ssl)
+    trusting = ssl.create_default_context()
+    authority.configure_trust(trusting)
+    stranger_trust = ssl.create_default_context()
+    trustme.CA().configure_trust(stranger_trust)  # another authority: A's cert is not trusted
+    url = redis_server.url
+    a = await RunningNode("a", url, listen_ssl=listen_ssl, dial_ssl=trusting).start()
+    b = await RunningNode("b", url, listen_ssl=listen_ssl, dial_ssl=trusting).start()
+    x = await RunningNode("x", url, listen_ssl=listen_ssl, dial_ssl=stranger_trust).start()
+    try:
+        a.server.add_host("app.test", "secret-1")
+        await a.server.flush()
+        client, task = await connect(a, "secret-1", origin)
+        key = a.registry.key_for("secret-1")
+        await eventually(lambda: b.node.ownership.holder(key) == "a")
+        await eventually(lambda: x.node.ownership.holder(key) == "a")
+        answer = await raw_request(b.port, get(b.port, "app.test", "/?echo=sealed"))
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"sealed")
+        answer = await raw_request(x.port, get(x.port, "app.test"))
+        assert answer.startswith(b"HTTP/1.1 502")
+        assert x.node.dialer.failed == 1
+        assert a.node.hops is not None and a.node.hops.accepted == 1
+        await client.close(grace=1)
+        await asyncio.wait_for(task, 10)
+    finally:
+        for node in (a, b, x):
+            await node.stop()

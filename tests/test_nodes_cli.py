@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import pathlib
 import signal
+import socket
+import ssl
 import time
 from collections.abc import Iterator
 
 import pytest
 import test_cli
+import trustme
 from redis_helpers import RedisServer, redis_server  # noqa: F401 - fixture
 from test_cli import Ytun, free_port, write_file
 from test_workers import get, origin  # noqa: F401 - fixture
@@ -33,7 +36,9 @@ class Nodes:
         self.other_secret = write_file(directory / "other.secret", "d" * 40 + "\n")
         self.ports: dict[str, int] = {}
 
-    def start(self, name: str, *, secret: pathlib.Path | None = None) -> Ytun:
+    def start(
+        self, name: str, *args: str, secret: pathlib.Path | None = None, scheme: str = "http"
+    ) -> Ytun:
         port = self.ports.setdefault(name, free_port())
         server = self._start(
             "server",
@@ -49,8 +54,9 @@ class Nodes:
             f"app.test={IDENTIFIER}",
             "--access-log",
             "off",
+            *args,
         )
-        server.wait_for(server.stdout, f"ytun server listening on http://127.0.0.1:{port}")
+        server.wait_for(server.stdout, f"ytun server listening on {scheme}://127.0.0.1:{port}")
         return server
 
 
@@ -197,3 +203,55 @@ def test_an_unreachable_registry_ends_the_server_with_status_1(
     line = server.wait_for(server.stderr, "registry redis://***@127.0.0.1")
     assert "pw-hidden" not in server.output()
     assert str(line).startswith("ytun server: registry")
+
+
+def test_with_a_certificate_the_hop_between_nodes_is_tls_too(
+    ytun_cli,
+    nodes: Nodes,
+    origin: int,  # noqa: F811
+    tmp_path: pathlib.Path,
+) -> None:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    certificate.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    certificate.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    tls = ("--tls-cert", str(tmp_path / "server.pem"), "--tls-key", str(tmp_path / "server.key"))
+    a = nodes.start("a", *tls, "--cluster-tls-ca", str(tmp_path / "ca.pem"), scheme="https")
+    b = nodes.start("b", *tls, "--cluster-tls-ca", str(tmp_path / "ca.pem"), scheme="https")
+    # A node that does not trust A's certificate cannot carry requests to it.
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    x = nodes.start("x", *tls, "--cluster-tls-ca", str(other), scheme="https")
+    for node in (a, b, x):
+        node.wait_for(node.stderr, "(TLS)")
+    tunnel = ytun_cli(
+        "client",
+        "--server",
+        f"127.0.0.1:{nodes.ports['a']}",
+        "--tls-ca",
+        str(tmp_path / "ca.pem"),
+        "--local",
+        f"127.0.0.1:{origin}",
+        env={"YTUN_IDENTIFIER": IDENTIFIER},
+    )
+    tunnel.wait_for(tunnel.stderr, "tunnel connected")
+    context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+
+    def tls_get(port: int, path: str) -> tuple[int, bytes]:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            return get(port, "app.test", path, sock)
+
+    deadline = time.monotonic() + DEADLINE
+    answer = tls_get(nodes.ports["b"], "/sealed")
+    while answer[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        answer = tls_get(nodes.ports["b"], "/sealed")
+    assert answer == (200, b"origin says /sealed to app.test")
+    x.wait_for(x.stderr, "(TLS)")
+    deadline = time.monotonic() + DEADLINE
+    while "cannot reach node" not in x.output() and time.monotonic() < deadline:
+        assert tls_get(nodes.ports["x"], "/no")[0] == 502
+        time.sleep(0.2)
+    assert "CERTIFICATE_VERIFY_FAILED" in x.output()

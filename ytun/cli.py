@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 from ._version import __version__
@@ -199,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"a file holding the secret every server of the cluster shares (at least 16 "
         f"bytes), to authenticate forwarded connections; or ${CLUSTER_SECRET_VARIABLE} "
         "(default: none)",
+    )
+    server.add_argument(
+        "--cluster-tls-ca",
+        metavar="FILE",
+        help="with --tls-cert, the hop between servers is TLS too: check the other servers' "
+        "certificates against this CA bundle (default: the system's)",
     )
     server.add_argument(
         "--tls-cert", metavar="FILE", help="certificate chain (PEM) to serve TLS (default: none)"
@@ -409,6 +416,8 @@ class ServerConfig:
     cluster_listen: tuple[str | None, int] | None = None
     cluster_advertise: str | None = None
     cluster_secret: bytes = field(default=b"", repr=False)
+    #: TLS on the hop (the server has a certificate): how the other nodes are checked.
+    cluster_dial_ssl: SSLContext | None = None
     # Identifiers: kept out of repr().
     flag_hosts: dict[str, str] = field(default_factory=dict, repr=False)
     flag_tcp: dict[str, str] = field(default_factory=dict, repr=False)
@@ -471,6 +480,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
             "--workers cannot share one --state file (one process holds it); use one worker"
         )
     registry, cluster_listen, advertise, secret = _cluster_options(args, file, state, workers)
+    cluster_dial_ssl = _cluster_tls(args, file, context, registry)
     return ServerConfig(
         listen_host=listen_host,
         listen_port=listen_port,
@@ -506,7 +516,28 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         cluster_listen=cluster_listen,
         cluster_advertise=advertise,
         cluster_secret=secret,
+        cluster_dial_ssl=cluster_dial_ssl,
     )
+
+
+def _cluster_tls(
+    args: argparse.Namespace,
+    file: ServerFile | None,
+    served: ssl.SSLContext | None,
+    registry: str | None,
+) -> ssl.SSLContext | None:
+    """With a certificate, the hop is TLS: how this node checks the others' certificates."""
+    ca = args.cluster_tls_ca or (file.cluster_tls_ca if file else None)
+    if ca is not None and (served is None or registry is None):
+        raise UsageError("--cluster-tls-ca needs --registry and --tls-cert/--tls-key")
+    if served is None or registry is None:
+        return None
+    if ca is not None:
+        _tls_file(ca, "the cluster CA bundle")
+    try:
+        return ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    except (ssl.SSLError, OSError) as exc:
+        raise UsageError(f"cannot use the cluster CA bundle {ca}: {exc}") from None
 
 
 def _cluster_options(
@@ -781,19 +812,27 @@ async def start_node(config: ServerConfig) -> Node:
         raise OSError(
             exc.errno, f"cannot listen on --cluster-listen: {exc.strerror or exc}"
         ) from exc
-    node = Node(registry, config.cluster_secret, listen, config.cluster_advertise)
+    node = Node(
+        registry,
+        config.cluster_secret,
+        listen,
+        config.cluster_advertise,
+        listen_ssl=config.ssl if config.cluster_dial_ssl is not None else None,
+        dial_ssl=config.cluster_dial_ssl,
+    )
     try:
         await registry.start()
     except BaseException:
         listen.close()
         raise
     logger.info(
-        "node %s: registry %s (%d hosts, %d TCP routes), cluster listener %s",
+        "node %s: registry %s (%d hosts, %d TCP routes), cluster listener %s (%s)",
         registry.node,
         registry.safe_url,
         len(registry.hosts()),
         len(registry.tcp_routes()),
         config.cluster_advertise,
+        "TLS" if config.cluster_dial_ssl is not None else "plain TCP",
     )
     return node
 

@@ -215,6 +215,7 @@ class ServerFile:
     cluster_listen: str | None = None
     cluster_advertise: str | None = None
     cluster_secret_file: Path | None = None
+    cluster_tls_ca: Path | None = None
 
 
 @dataclass
@@ -399,6 +400,7 @@ SERVER_KEYS = (
     "cluster_listen",
     "cluster_advertise",
     "cluster_secret_file",
+    "cluster_tls_ca",
     "forwarded_headers",
     "trust_forwarded",
     "access_log",
@@ -459,6 +461,7 @@ def load_server_file(path: Path) -> ServerFile:
             table.checked(name, check_listen_address, value)
         setattr(loaded, name, value)
     loaded.cluster_secret_file = table.path_value("cluster_secret_file")
+    loaded.cluster_tls_ca = table.path_value("cluster_tls_ca")
     loaded.forwarded_headers = table.boolean("forwarded_headers")
     loaded.trust_forwarded = table.strings("trust_forwarded")
     for network in loaded.trust_forwarded or ():

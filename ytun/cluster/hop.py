@@ -12,8 +12,10 @@ listener that accepted it (for the forwarding headers the holder adds); ``mac`` 
 HMAC-SHA256, under the cluster secret, of everything before it. The holder checks the MAC
 in constant time and that ``time`` is within :data:`MAX_SKEW` seconds, and answers
 nothing to a wrong one (it closes the connection and logs the address, never the line).
-The secret never crosses the wire. The line is not replay-proof within the skew window:
-on a network others can watch, run the hop over a private network or VPN.
+The secret never crosses the wire. The line is not replay-proof within the skew window,
+and plain TCP shows the traffic to anyone on the path: on a network others can watch, give
+the hop TLS (``HopListener(ssl=…)`` serves it, ``HopDialer(ssl=…)`` dials it and checks
+the holder's certificate against the host of its advertised address).
 
 The holder serves the connection as a public one that never moves on: a request for a
 client it does not hold is answered there (502), so a request crosses one hop at most and
@@ -28,6 +30,7 @@ import hmac
 import logging
 import re
 import secrets
+import ssl as ssl_module
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -215,9 +218,17 @@ class _HopIn(asyncio.Protocol):
 class HopDialer:
     """The forwarding side: carries public connections to the nodes holding their clients."""
 
-    def __init__(self, auth: HopAuth, *, max_hops: int = MAX_HOPS) -> None:
+    def __init__(
+        self,
+        auth: HopAuth,
+        *,
+        max_hops: int = MAX_HOPS,
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> None:
         self._auth = auth
         self.max_hops = max_hops
+        #: TLS towards the holders, checking their certificates (None: plain TCP).
+        self.ssl = ssl
         self.open = 0  # hops carrying a connection now
         self.sent = 0
         self.failed = 0
@@ -269,10 +280,17 @@ class HopDialer:
             host, port = split_host_port(address)
             hop_end = _HopOut(pipe, first, self, public if kind == "http" else None)
             await asyncio.wait_for(
-                loop.create_connection(lambda: hop_end, host, port), CONNECT_TIMEOUT
+                loop.create_connection(
+                    lambda: hop_end,
+                    host,
+                    port,
+                    ssl=self.ssl,
+                    server_hostname=host if self.ssl is not None else None,
+                ),
+                CONNECT_TIMEOUT,
             )
             self.sent += 1
-        except (OSError, asyncio.TimeoutError, ValueError) as exc:
+        except (OSError, asyncio.TimeoutError, ValueError) as exc:  # ssl.SSLError included
             self.open -= 1
             self.failed += 1
             logger.warning("cannot reach node %s for a forwarded connection: %s", address, exc)

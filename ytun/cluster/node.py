@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl as ssl_module
 
 from ..errors import SessionClosedError
 from ..registry.redis import RedisRegistry
@@ -56,7 +57,9 @@ class Node:
     """This server's part in a cluster of servers sharing one Redis (see module doc).
 
     ``listen`` is a bound socket for the hop listener (it starts listening in
-    :meth:`attach`); ``advertise`` is the ``host:port`` other nodes dial to reach it."""
+    :meth:`attach`); ``advertise`` is the ``host:port`` other nodes dial to reach it.
+    ``listen_ssl`` serves the hop with TLS; ``dial_ssl`` dials the other nodes with TLS and
+    checks their certificates (both or neither: every node of a cluster does the same)."""
 
     def __init__(
         self,
@@ -67,11 +70,14 @@ class Node:
         *,
         ttl: float = TTL,
         refresh: float = REFRESH,
+        listen_ssl: ssl_module.SSLContext | None = None,
+        dial_ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         self.registry = registry
         self.auth = HopAuth(secret)
         self.ownership = RedisOwnership(registry, advertise, ttl=ttl, refresh=refresh)
-        self.dialer = HopDialer(self.auth)
+        self.dialer = HopDialer(self.auth, ssl=dial_ssl)
+        self._listen_ssl = listen_ssl
         self.peers = NodePeers(self.ownership, self.dialer)
         self._socket = listen
         self._listener: asyncio.AbstractServer | None = None
@@ -81,7 +87,9 @@ class Node:
         """Serve hops for ``server``, keep this node's records alive, report readiness."""
         self.hops = HopListener(self.auth, server.adopt_hop)
         loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(self.hops.protocol_factory, sock=self._socket)
+        self._listener = await loop.create_server(
+            self.hops.protocol_factory, sock=self._socket, ssl=self._listen_ssl
+        )
 
         def drop(key: str) -> None:  # another node holds it now: ours must go
             link = server.link_for(key)
