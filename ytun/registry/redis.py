@@ -80,6 +80,26 @@ end
 return false
 """
 
+# KEYS: salt, hosts hash, tcp hash. ARGV: salt, number of host pairs, then host/key pairs,
+# then tcp field/key pairs. Sets the salt if there is none and, in the same step, puts this
+# node's routes back (HSETNX), so no node can find the salt without the routes. 1 if set.
+_SEED = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  return 0
+end
+local hosts = tonumber(ARGV[2])
+local i = 3
+while i < #ARGV do
+  if (i - 3) / 2 < hosts then
+    redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1])
+  else
+    redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[i + 1])
+  end
+  i = i + 2
+end
+return 1
+"""
+
 Resynced = Callable[[], Awaitable[None]]
 Handler = Callable[[bytes], None]
 
@@ -132,6 +152,7 @@ class RedisRegistry(MemoryRegistry):
         self._watchers: list[Callable[[str], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._script: Any = self.client.register_script(_WRITE)
+        self._seed: Any = self.client.register_script(_SEED)
         self._replace = True  # the replace flag of the add_host being stored
         self._closed = False
 
@@ -286,7 +307,7 @@ class RedisRegistry(MemoryRegistry):
         try:
             await pubsub.subscribe(*self._channels)
             fresh = secrets.token_hex(SALT_SIZE) if self.salt == b"\0" else self.salt.hex()
-            created = await self.client.set(self.prefix + "salt", fresh, nx=True)
+            created = await self._seed_salt(fresh)
             stored = await self.client.get(self.prefix + "salt")
             salt = _salt(stored)
             if self.salt == b"\0":
@@ -295,7 +316,13 @@ class RedisRegistry(MemoryRegistry):
                 self._problem = "the salt in Redis changed: client keys no longer match"
                 logger.error("registry %s: the salt of client keys changed", _safe_url(self.url))
             if created and (self._hosts or self._ports or self._ips):
-                await self._refill()  # Redis lost its data: give it ours back
+                logger.warning(
+                    "registry %s had lost its routes; stored this node's %d hosts and %d TCP "
+                    "routes",
+                    _safe_url(self.url),
+                    len(self._hosts),
+                    len(self._ports) + len(self._ips),
+                )
             while self._pending:  # what was queued while Redis was away, in order
                 await self._send(self._pending[0])
                 self._pending.popleft()
@@ -313,21 +340,19 @@ class RedisRegistry(MemoryRegistry):
             self._idle.set()
         return pubsub
 
-    async def _refill(self) -> None:
-        logger.warning(
-            "registry %s had lost its routes; storing this node's %d hosts and %d TCP routes",
-            _safe_url(self.url),
-            len(self._hosts),
-            len(self._ports) + len(self._ips),
-        )
-        async with self.client.pipeline(transaction=False) as pipe:
-            for host, key in self._hosts.items():
-                pipe.hsetnx(self._hash["host"], host, key)
-            for port, key in self._ports.items():
-                pipe.hsetnx(self._hash["tcp"], f"port:{port}", key)
-            for ip, key in self._ips.items():
-                pipe.hsetnx(self._hash["tcp"], f"ip:{ip}", key)
-            await pipe.execute()
+    async def _seed_salt(self, salt: str) -> bool:
+        """Set the salt if Redis has none, with this node's routes (empty at start): a
+        Redis that lost its data gets them back in the same step."""
+        pairs: list[str] = []
+        for host, key in self._hosts.items():
+            pairs += [host, key]
+        hosts = len(pairs) // 2
+        for port, key in self._ports.items():
+            pairs += [f"port:{port}", key]
+        for ip, key in self._ips.items():
+            pairs += [f"ip:{ip}", key]
+        keys = [self.prefix + "salt", self._hash["host"], self._hash["tcp"]]
+        return bool(await self._seed(keys=keys, args=[salt, hosts, *pairs]))
 
     async def _reload(self) -> None:
         hosts = await self.client.hgetall(self._hash["host"])
