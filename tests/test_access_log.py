@@ -205,3 +205,23 @@ def test_settings_name_the_sink(tmp_path) -> None:
 async def test_no_access_log_by_default_in_the_library() -> None:
     server = Server()
     assert server.access_log is None
+
+
+def test_a_shared_log_is_written_in_whole_lines_small_enough_to_stay_whole() -> None:
+    """With --workers every worker writes to the same pipe or file: each write holds whole
+    lines and stays within PIPE_BUF, so no worker's line is cut by another's."""
+    writes: list[str] = []
+    log = AccessLog(writes.append, lambda: None)
+    log.shared = True
+    for n in range(200):
+        log.request("203.0.113.7", b"app.test", b"GET", b"/%d" % n, 200, 12, 0.0)
+    long_target = b"/" + b"x" * 3000
+    log.request("203.0.113.7", b"app.test", b"GET", long_target, 200, 12, 0.0)
+    log.flush()
+    assert len(writes) > 1
+    assert all(piece.endswith("\n") for piece in writes)
+    assert all(len(piece.encode()) <= 4096 for piece in writes[:-1])
+    assert long_target.decode() in writes[-1]  # a line longer than a piece goes whole
+    lines = "".join(writes).splitlines()
+    assert len(lines) == 201
+    assert [line.split('"')[1] for line in lines[:200]] == [f"GET /{n}" for n in range(200)]

@@ -79,3 +79,19 @@ def test_a_build_without_a_working_compiler_installs_the_pure_codec(tmp_path) ->
     assert result.returncode == 0, result.stderr[-2000:]
     assert "installing the pure-Python codec" in result.stdout + result.stderr
     assert not list((tree / "ytun").glob("_frames*.so"))
+
+
+@pytest.mark.skipif(not SOURCE_TREE, reason="needs the source tree (pyproject.toml)")
+def test_every_subpackage_is_listed_for_the_wheel() -> None:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "ytun").rglob("__init__.py")
+    }
+    assert listed == found

@@ -3,6 +3,7 @@ naming the file and the key."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 import textwrap
@@ -54,6 +55,11 @@ def test_server_example_loads(examples):
     assert loaded.forwarded_headers is True
     assert loaded.trust_forwarded == ["10.0.0.0/8", "fd00::/8"]
     assert loaded.access_log == "stdout"
+
+
+@pytest.mark.parametrize(("text", "expected"), [("3", 3), ('"auto"', os.cpu_count() or 1)])
+def test_workers_is_a_number_or_one_per_cpu(tmp_path, text, expected):
+    assert load_server_file(write(tmp_path, f"[server]\nworkers = {text}\n")).workers == expected
 
 
 def test_an_access_log_file_is_relative_to_the_config_file(tmp_path):
@@ -172,6 +178,9 @@ def test_a_near_miss_is_suggested(tmp_path):
         ("trust_forwarded = [10]", "server.trust_forwarded must hold strings, got a number"),
         ('trust_forwarded = ["10.0.0.0/33"]', "server.trust_forwarded must be an IP network"),
         ('access_log = ""', "server.access_log must not be empty"),
+        ("workers = 0", "server.workers must be from 1 to 1024, or auto, got 0"),
+        ("workers = true", 'server.workers must be a whole number or "auto", got a boolean'),
+        ('workers = "all"', "server.workers must be a number of processes or auto, got 'all'"),
     ],
 )
 def test_wrong_server_values_name_the_key_and_the_file(tmp_path, text, message):

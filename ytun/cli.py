@@ -11,17 +11,24 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 from ._version import __version__
+from .cluster import Supervisor, Worker, WorkerSettings, listen_shared, reserve_port, sharing
+from .cluster.hop import MIN_SECRET
+from .cluster.node import Node
+from .cluster.worker import WORKER_VARIABLE
 from .demo import start_demo_app
 from .errors import IdentifierRefusedError, RegistryError
 from .registry import MemoryRegistry, Registry, SqliteRegistry
+from .registry.redis import RedisRegistry
 from .settings import (
     LOG_LEVELS,
     SERVER_KEYS,
@@ -33,7 +40,10 @@ from .settings import (
     check_identifier,
     check_listen_address,
     check_network,
+    check_registry_url,
+    check_servers,
     check_virtual_host,
+    check_workers,
     load_client_file,
     load_server_file,
     read_identifier_file,
@@ -42,11 +52,13 @@ from .tunnel import Client, ClientStateChange, Server
 from .tunnel.access import open_access_log
 from .tunnel.addr import split_host_port
 from .tunnel.limits import raise_fd_limit
+from .tunnel.peers import Peers
 
 logger = logging.getLogger("ytun")
 
 #: Where ``ytun client`` looks for its identifier when no flag names one.
 IDENTIFIER_VARIABLE = "YTUN_IDENTIFIER"
+CLUSTER_SECRET_VARIABLE = "YTUN_CLUSTER_SECRET"
 
 DEFAULT_LISTEN = "127.0.0.1:8000"
 DEFAULT_LOG_LEVEL = "info"
@@ -164,6 +176,38 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: none)",
     )
     server.add_argument(
+        "--registry",
+        metavar="URL",
+        help="share hosts, TCP routes and who holds which client with other servers through "
+        "Redis (redis://HOST:PORT/DB; needs ytun[redis]); needs --cluster-listen and a "
+        "cluster secret (default: none)",
+    )
+    server.add_argument(
+        "--cluster-listen",
+        metavar="HOST:PORT",
+        help="where the other servers of a --registry cluster reach this one, to forward "
+        "requests for clients held here (default: none)",
+    )
+    server.add_argument(
+        "--cluster-advertise",
+        metavar="HOST:PORT",
+        help="the address other servers dial for --cluster-listen, when that listens on "
+        "every interface (default: --cluster-listen)",
+    )
+    server.add_argument(
+        "--cluster-secret-file",
+        metavar="FILE",
+        help=f"a file holding the secret every server of the cluster shares (at least 16 "
+        f"bytes), to authenticate forwarded connections; or ${CLUSTER_SECRET_VARIABLE} "
+        "(default: none)",
+    )
+    server.add_argument(
+        "--cluster-tls-ca",
+        metavar="FILE",
+        help="with --tls-cert, the hop between servers is TLS too: check the other servers' "
+        "certificates against this CA bundle (default: the system's)",
+    )
+    server.add_argument(
         "--tls-cert", metavar="FILE", help="certificate chain (PEM) to serve TLS (default: none)"
     )
     server.add_argument(
@@ -223,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGINT/SIGTERM, wait this long for requests in flight "
         f"(default: {DEFAULT_GRACE:g})",
     )
+    server.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="serve from N processes sharing the port (auto: one per CPU); a public "
+        "connection is handed to the process holding its client (default: 1, one process)",
+    )
     _log_level_flag(server)
 
     client = commands.add_parser(
@@ -236,7 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_flag(client, "client")
     client.add_argument(
-        "--server", metavar="HOST:PORT", help="the tunnel server (default: server in --config)"
+        "--server",
+        action="append",
+        metavar="HOST:PORT",
+        help="the tunnel server; repeat it or give a comma list for the servers of one "
+        "cluster: the next one is tried when one fails (default: server in --config)",
     )
     secret = client.add_mutually_exclusive_group()
     secret.add_argument(
@@ -349,12 +403,21 @@ class ServerConfig:
     handshake_timeout: float
     grace: float
     log_level: str
+    #: Worker processes; 1 is one process, no supervising parent.
+    workers: int
     #: Keys given as flags: a reloaded file does not change them.
     flag_keys: frozenset[str]
     config_path: Path | None
     file: ServerFile | None
     state: Path | None = None
     domain: str | None = None
+    #: A shared registry (``redis://…``) and this node's hop listener, when clustered.
+    registry: str | None = None
+    cluster_listen: tuple[str | None, int] | None = None
+    cluster_advertise: str | None = None
+    cluster_secret: bytes = field(default=b"", repr=False)
+    #: TLS on the hop (the server has a certificate): how the other nodes are checked.
+    cluster_dial_ssl: SSLContext | None = None
     # Identifiers: kept out of repr().
     flag_hosts: dict[str, str] = field(default_factory=dict, repr=False)
     flag_tcp: dict[str, str] = field(default_factory=dict, repr=False)
@@ -406,6 +469,18 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     domain = _pick(args.domain, file and file.domain, None)
     if domain is not None:
         domain = check_domain(domain, "--domain")
+    workers = check_workers(_pick(args.workers, file and file.workers, 1), "--workers")
+    if workers > 1 and context is not None:
+        raise UsageError(
+            "--workers needs a plain-TCP public port: a TLS session cannot move between "
+            "processes (end TLS in front of ytun, or run one worker)"
+        )
+    if workers > 1 and state is not None:
+        raise UsageError(
+            "--workers cannot share one --state file (one process holds it); use one worker"
+        )
+    registry, cluster_listen, advertise, secret = _cluster_options(args, file, state, workers)
+    cluster_dial_ssl = _cluster_tls(args, file, context, registry)
     return ServerConfig(
         listen_host=listen_host,
         listen_port=listen_port,
@@ -427,6 +502,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         ),
         grace=_pick(args.grace, file and file.grace, DEFAULT_GRACE),
         log_level=_pick(args.log_level, file and file.log_level, DEFAULT_LOG_LEVEL),
+        workers=workers,
         flag_keys=frozenset(
             key for key in RELOADED_KEYS + RESTART_KEYS if getattr(args, key, None) is not None
         ),
@@ -436,7 +512,78 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         flag_tcp=flag_tcp,
         state=state,
         domain=domain,
+        registry=registry,
+        cluster_listen=cluster_listen,
+        cluster_advertise=advertise,
+        cluster_secret=secret,
+        cluster_dial_ssl=cluster_dial_ssl,
     )
+
+
+def _cluster_tls(
+    args: argparse.Namespace,
+    file: ServerFile | None,
+    served: ssl.SSLContext | None,
+    registry: str | None,
+) -> ssl.SSLContext | None:
+    """With a certificate, the hop is TLS: how this node checks the others' certificates."""
+    ca = args.cluster_tls_ca or (file.cluster_tls_ca if file else None)
+    if ca is not None and (served is None or registry is None):
+        raise UsageError("--cluster-tls-ca needs --registry and --tls-cert/--tls-key")
+    if served is None or registry is None:
+        return None
+    if ca is not None:
+        _tls_file(ca, "the cluster CA bundle")
+    try:
+        return ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    except (ssl.SSLError, OSError) as exc:
+        raise UsageError(f"cannot use the cluster CA bundle {ca}: {exc}") from None
+
+
+def _cluster_options(
+    args: argparse.Namespace, file: ServerFile | None, state: Path | None, workers: int
+) -> tuple[str | None, tuple[str | None, int] | None, str | None, bytes]:
+    """--registry, --cluster-listen, --cluster-advertise and the secret, checked together."""
+    registry = _pick(args.registry, file and file.registry, None)
+    listen = _pick(args.cluster_listen, file and file.cluster_listen, None)
+    advertise = _pick(args.cluster_advertise, file and file.cluster_advertise, None)
+    secret_file = args.cluster_secret_file or (file.cluster_secret_file if file else None)
+    if registry is None:
+        if listen or advertise or secret_file:
+            raise UsageError("--cluster-listen, --cluster-advertise and the secret need --registry")
+        return None, None, None, b""
+    check_registry_url(registry, "--registry")
+    if state is not None:
+        raise UsageError("--registry and --state are two places for the routes: give one")
+    if workers > 1:
+        raise UsageError("--registry runs one process per server: give --workers 1")
+    if listen is None:
+        raise UsageError("--registry needs --cluster-listen HOST:PORT for the other servers")
+    address = check_listen_address(listen, "--cluster-listen")
+    if advertise is not None:
+        check_listen_address(advertise, "--cluster-advertise")
+    elif address[0] in (None, "0.0.0.0", "::"):
+        raise UsageError(
+            "--cluster-listen listens on every interface: give --cluster-advertise HOST:PORT, "
+            "the address the other servers dial"
+        )
+    else:
+        advertise = listen
+    if secret_file is not None:
+        try:
+            secret = Path(secret_file).read_bytes().strip()
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read the cluster secret file {secret_file}: {exc.strerror or exc}"
+            ) from None
+    else:
+        secret = os.environ.get(CLUSTER_SECRET_VARIABLE, "").strip().encode()
+    if len(secret) < MIN_SECRET:
+        raise UsageError(
+            f"--registry needs a cluster secret of at least {MIN_SECRET} bytes: "
+            f"--cluster-secret-file FILE or ${CLUSTER_SECRET_VARIABLE}"
+        )
+    return registry, address, advertise, secret
 
 
 def _positive(value: float, what: str) -> float:
@@ -476,13 +623,26 @@ RESTART_KEYS = tuple(
 class RunningServer:
     """A listening server and the routes it was given, so a reload can apply the change."""
 
-    def __init__(self, server: Server, config: ServerConfig) -> None:
+    def __init__(
+        self,
+        server: Server,
+        config: ServerConfig,
+        *,
+        reuse_port: bool = False,
+        tcp_listen: bool = True,
+    ) -> None:
         self.server = server
         self.config = config
+        #: A worker shares its TCP route ports with the other workers (SO_REUSEPORT)...
+        self.reuse_port = reuse_port
+        #: ...or, sharing an inherited listener, only routes them (worker 0 listens).
+        self.tcp_listen = tcp_listen
         self.hosts: dict[str, str] = {}
         #: TCP route as configured -> (its identifier, the port it is bound to)
         self.tcp: dict[str, tuple[str, int]] = {}
         self._reloading = asyncio.Lock()
+        #: This server's place among the nodes of a --registry cluster.
+        self.node: Node | None = None
 
     async def apply_routes(
         self, hosts: dict[str, str], tcp: dict[str, str], *, at_start: bool
@@ -513,7 +673,9 @@ class RunningServer:
                     changes.append(f"~tcp {address}")
                 continue
             try:
-                bound = await self.server.add_addr(address, identifier)
+                bound = await self.server.add_addr(
+                    address, identifier, reuse_port=self.reuse_port, listen=self.tcp_listen
+                )
             except OSError as exc:
                 if at_start:
                     raise OSError(
@@ -561,7 +723,7 @@ class RunningServer:
             logger.info("reloaded %s: %s", path, " ".join(changes) or "no route changed")
 
 
-async def start_server(config: ServerConfig) -> RunningServer:
+async def start_server(config: ServerConfig, worker: Worker | None = None) -> RunningServer:
     before, after = raise_fd_limit()
     if after != before:
         logger.debug("descriptor limit raised from %d to %d", before, after)
@@ -571,7 +733,17 @@ async def start_server(config: ServerConfig) -> RunningServer:
         raise UsageError(
             f"cannot open the access log {config.access_log}: {exc.strerror or exc}"
         ) from None
-    registry = open_registry(config.state)
+    node: Node | None = None
+    if config.registry is not None:
+        node = await start_node(config)
+        registry: Registry = node.registry
+    else:
+        registry = open_registry(config.state, worker.settings.salt if worker is not None else "")
+    peers: Peers | None = node.peers if node is not None else None
+    if worker is not None:
+        peers = worker.peers
+    if access_log is not None and worker is not None:
+        access_log.shared = True  # every worker writes to the same place
     server = Server(
         registry=registry,
         domain=config.domain,
@@ -582,27 +754,94 @@ async def start_server(config: ServerConfig) -> RunningServer:
         idle_timeout=config.idle_timeout,
         stream_timeout=config.stream_timeout,
         handshake_timeout=config.handshake_timeout,
+        peers=peers,
+        via_mark=worker.settings.via_mark.encode() if worker is not None else None,
     )
-    running = RunningServer(server, config)
+    inherited = worker.settings.listen_fds if worker is not None else ()
+    running = RunningServer(
+        server,
+        config,
+        reuse_port=worker is not None and not inherited,
+        tcp_listen=worker is None or worker.settings.listens_on_tcp_routes,
+    )
+    running.node = node
     try:
-        # "" is every interface to asyncio and uvloop alike.
-        await server.serve(config.listen_host or "", config.listen_port, ssl=config.ssl)
+        for fd in inherited:  # the parent's listener, shared by every worker
+            await server.serve(sock=socket.socket(fileno=fd), ssl=config.ssl)
+        if not inherited:
+            # "" is every interface to asyncio and uvloop alike.
+            await server.serve(
+                config.listen_host or "",
+                config.listen_port,
+                ssl=config.ssl,
+                reuse_port=worker is not None,
+            )
+        if worker is not None:
+            worker.serve(server.adopt)
         hosts, tcp = config.routes(config.file)
         await running.apply_routes(hosts, tcp, at_start=True)
+        if node is not None:
+            await server.flush()
+            await node.attach(server)
     except BaseException:
+        if node is not None:
+            await node.close()
         registry.close()
         raise
-    if not server.hosts() and not server.tcp_routes():
+    if (
+        not server.hosts()
+        and not server.tcp_routes()
+        and (worker is None or worker.settings.node == "0")
+    ):
         logger.warning("no hosts and no TCP routes: every client will be refused")
     _report_stored_tcp_routes(server, running)
     return running
 
 
-def open_registry(state: Path | None) -> Registry:
+async def start_node(config: ServerConfig) -> Node:
+    """The shared registry, loaded, and this server's place among the nodes (its hop
+    listener is bound here, so a busy port stops the server before anything else)."""
+    assert config.registry is not None and config.cluster_listen is not None
+    assert config.cluster_advertise is not None
+    registry = RedisRegistry(config.registry)
+    host, port = config.cluster_listen
+    try:
+        listen = socket.create_server((host or "", port))
+    except OSError as exc:
+        registry.close()
+        raise OSError(
+            exc.errno, f"cannot listen on --cluster-listen: {exc.strerror or exc}"
+        ) from exc
+    node = Node(
+        registry,
+        config.cluster_secret,
+        listen,
+        config.cluster_advertise,
+        listen_ssl=config.ssl if config.cluster_dial_ssl is not None else None,
+        dial_ssl=config.cluster_dial_ssl,
+    )
+    try:
+        await registry.start()
+    except BaseException:
+        listen.close()
+        raise
+    logger.info(
+        "node %s: registry %s (%d hosts, %d TCP routes), cluster listener %s (%s)",
+        registry.node,
+        registry.safe_url,
+        len(registry.hosts()),
+        len(registry.tcp_routes()),
+        config.cluster_advertise,
+        "TLS" if config.cluster_dial_ssl is not None else "plain TCP",
+    )
+    return node
+
+
+def open_registry(state: Path | None, salt: str = "") -> Registry:
     """The SQLite registry of ``--state`` (a RegistryError says why it cannot be used),
-    or routes in memory."""
+    or routes in memory (with ``salt``, hex, when the workers of one server share it)."""
     if state is None:
-        return MemoryRegistry()
+        return MemoryRegistry(salt=bytes.fromhex(salt) if salt else None)
     registry = SqliteRegistry(state)
     logger.info(
         "state %s: %d hosts, %d TCP routes",
@@ -656,10 +895,10 @@ def client_config(args: argparse.Namespace, environ: dict[str, str]) -> ClientCo
     file: ClientFile | None = None
     if args.config is not None:
         file = load_client_file(args.config)
-    server = _pick(args.server, file and file.server, None)
+    server = _pick(",".join(args.server) if args.server else None, file and file.server, None)
     if server is None:
         raise UsageError("no server: give --server HOST:PORT or server in --config")
-    check_address(server, "--server")
+    server = check_servers(server, "--server")
     local = _pick(args.local, file and file.local, None)
     if local is not None:
         check_address(local, "--local")
@@ -793,10 +1032,15 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-async def server_main(config: ServerConfig) -> int:
+async def server_main(config: ServerConfig, settings: WorkerSettings | None = None) -> int:
     signals = StopSignals()
     signals.install()
-    running = await start_server(config)
+    worker = None
+    if settings is not None:  # one of --workers N, under a supervising parent
+        worker = Worker(settings)
+        config.listen_port = settings.port
+        await worker.join()
+    running = await start_server(config, worker)
     server = running.server
     reloads: set[asyncio.Task[None]] = set()
 
@@ -807,8 +1051,19 @@ async def server_main(config: ServerConfig) -> int:
 
     with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
-    _print(_listening_line(config))
-    await signals.graceful.wait()
+    if worker is None:
+        _print(_listening_line(config))
+        await signals.graceful.wait()
+    else:
+        worker.ready()
+        parent_gone = asyncio.ensure_future(worker.parent_gone.wait())
+        stopping = asyncio.ensure_future(signals.graceful.wait())
+        await asyncio.wait([parent_gone, stopping], return_when=asyncio.FIRST_COMPLETED)
+        parent_gone.cancel()
+        stopping.cancel()
+        if worker.parent_gone.is_set() and not signals.graceful.is_set():
+            logger.warning("the supervising process is gone; stopping")
+        worker.stop_taking()
     in_flight = server.in_flight
     if in_flight:
         logger.warning(
@@ -817,20 +1072,61 @@ async def server_main(config: ServerConfig) -> int:
             "request" if in_flight == 1 else "requests",
             config.grace,
         )
+    if not signals.graceful.is_set():
+        signals.graceful.set()  # a signal from now on stops at once
     try:
-        return await signals.stop(server.close(grace=config.grace), lambda: server.close(grace=0))
+        status = await signals.stop(server.close(grace=config.grace), lambda: server.close(grace=0))
     finally:
+        if running.node is not None:
+            await running.node.close()  # gives up its clients' records at once
         server.registry.close()
+    if worker is not None:
+        worker.close()
+    return status
+
+
+async def supervisor_main(config: ServerConfig, argv: list[str]) -> int:
+    """``--workers N``: this process only supervises N worker processes."""
+    # Held while the workers come and go: a busy port is found here, at once; port 0
+    # becomes one port for all; no other user can take it. With SO_REUSEPORT it is only
+    # bound (the workers listen), else it listens and the workers inherit it.
+    shared = sharing() == "inherit"
+    host = config.listen_host or ""
+    reserved = (
+        listen_shared(host, config.listen_port)
+        if shared
+        else reserve_port(host, config.listen_port)
+    )
+    config.listen_port = reserved[0].getsockname()[1]
+
+    def ready() -> None:
+        _print(f"{_listening_line(config)} ({config.workers} worker processes)")
+
+    supervisor = Supervisor(
+        argv,
+        config.workers,
+        port=config.listen_port,
+        via_mark="ytun-" + secrets.token_hex(8),
+        grace=config.grace,
+        on_ready=ready,
+        listeners=reserved if shared else (),
+    )
+    try:
+        return await supervisor.run()
+    finally:
+        for sock in reserved:
+            sock.close()
 
 
 async def client_main(config: ClientConfig) -> int:
     signals = StopSignals()
     signals.install()
-    host, _ = split_host_port(config.server)
-    if config.ssl is None and not is_loopback(host):
-        logger.warning(
-            "the identifier crosses the network in cleartext to %s; use --tls", config.server
-        )
+    for address in config.server.split(","):
+        host, _ = split_host_port(address)
+        if config.ssl is None and not is_loopback(host):
+            logger.warning(
+                "the identifier crosses the network in cleartext to %s; use --tls", address
+            )
     last: list[ClientStateChange] = []
     client = make_client(config, last.append)
     task = asyncio.ensure_future(client.start())
@@ -890,12 +1186,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     command = args.command
+    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     main_coroutine: Coroutine[Any, Any, int]
     try:
         if command == "server":
             server = server_config(args)
             log_level = server.log_level
-            main_coroutine = server_main(server)
+            try:
+                worker = WorkerSettings.from_environ(os.environ)
+            except (ValueError, TypeError):
+                raise UsageError(
+                    f"${WORKER_VARIABLE} is unreadable: ytun server --workers sets it for its "
+                    "worker processes; unset it"
+                ) from None
+            if worker is not None:
+                log_format = (
+                    f"%(asctime)s %(levelname)s %(name)s[worker {worker.node}]: %(message)s"
+                )
+                main_coroutine = server_main(server, worker)
+            elif server.workers > 1:
+                main_coroutine = supervisor_main(server, argv)
+            else:
+                main_coroutine = server_main(server)
         elif command == "client":
             client = client_config(args, dict(os.environ))
             log_level = client.log_level
@@ -906,11 +1218,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"ytun {command}: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format=log_format)
     try:
         return _run(main_coroutine)
     except UsageError as exc:

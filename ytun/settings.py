@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -117,6 +118,40 @@ def check_network(value: str, what: str) -> str:
     return value
 
 
+#: More worker processes than this is a typing mistake, not a machine.
+MAX_WORKERS = 1024
+
+
+def check_servers(value: str, what: str) -> str:
+    """One server ``HOST:PORT``, or several, comma separated (the nodes of a cluster)."""
+    servers = [address.strip() for address in value.split(",")]
+    if not all(servers):
+        raise UsageError(f"{what}: an empty address in {value!r}")
+    for address in servers:
+        check_address(address, what)
+    return ",".join(servers)
+
+
+def check_registry_url(value: str, what: str) -> str:
+    """A shared registry: ``redis://[:password@]host[:port][/db]`` (or ``rediss://``)."""
+    if not value.startswith(("redis://", "rediss://")) or len(value.split("://", 1)[1]) == 0:
+        raise UsageError(f"{what} must be a redis://host:port/db URL")
+    return value
+
+
+def check_workers(value: int | str, what: str) -> int:
+    """A number of worker processes, or ``auto``: one per CPU."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    if isinstance(value, str):
+        if not value.isdigit():
+            raise UsageError(f"{what} must be a number of processes or auto, got {value!r}")
+        value = int(value)
+    if isinstance(value, bool) or not 1 <= value <= MAX_WORKERS:
+        raise UsageError(f"{what} must be from 1 to {MAX_WORKERS}, or auto, got {value!r}")
+    return value
+
+
 #: --access-log values that are not file names.
 ACCESS_LOG_STREAMS = ("off", "stdout", "stderr")
 
@@ -174,6 +209,13 @@ class ServerFile:
     #: The SQLite state file (resolved against the config file's directory).
     state: Path | None = None
     domain: str | None = None
+    workers: int | None = None
+    #: A shared registry's URL (``redis://…``), and this node's hop listener.
+    registry: str | None = None
+    cluster_listen: str | None = None
+    cluster_advertise: str | None = None
+    cluster_secret_file: Path | None = None
+    cluster_tls_ca: Path | None = None
 
 
 @dataclass
@@ -354,6 +396,11 @@ SERVER_KEYS = (
     "tcp",
     "state",
     "domain",
+    "registry",
+    "cluster_listen",
+    "cluster_advertise",
+    "cluster_secret_file",
+    "cluster_tls_ca",
     "forwarded_headers",
     "trust_forwarded",
     "access_log",
@@ -363,6 +410,7 @@ SERVER_KEYS = (
     "handshake_timeout",
     "grace",
     "log_level",
+    "workers",
 )
 
 CLIENT_KEYS = (
@@ -404,6 +452,16 @@ def load_server_file(path: Path) -> ServerFile:
     if loaded.domain is not None:
         table.checked("domain", check_domain, loaded.domain)
         loaded.domain = check_domain(loaded.domain, "domain")
+    loaded.registry = table.string("registry")
+    if loaded.registry is not None:
+        table.checked("registry", check_registry_url, loaded.registry)
+    for name in ("cluster_listen", "cluster_advertise"):
+        value = table.string(name)
+        if value is not None:
+            table.checked(name, check_listen_address, value)
+        setattr(loaded, name, value)
+    loaded.cluster_secret_file = table.path_value("cluster_secret_file")
+    loaded.cluster_tls_ca = table.path_value("cluster_tls_ca")
     loaded.forwarded_headers = table.boolean("forwarded_headers")
     loaded.trust_forwarded = table.strings("trust_forwarded")
     for network in loaded.trust_forwarded or ():
@@ -418,6 +476,10 @@ def load_server_file(path: Path) -> ServerFile:
     loaded.handshake_timeout = table.seconds("handshake_timeout")
     loaded.grace = table.seconds("grace", zero_allowed=True)
     loaded.log_level = table.log_level()
+    workers = table.get("workers", (int, str), 'a whole number or "auto"')
+    if workers is not None:
+        table.checked("workers", check_workers, workers)
+        loaded.workers = check_workers(workers, "workers")
     return loaded
 
 
@@ -428,7 +490,8 @@ def load_client_file(path: Path) -> ClientFile:
     loaded = ClientFile(path=path)
     loaded.server = table.string("server")
     if loaded.server is not None:
-        table.checked("server", check_address, loaded.server)
+        table.checked("server", check_servers, loaded.server)
+        loaded.server = check_servers(loaded.server, "server")
     identifier = table.string("identifier")
     identifier_file = table.path_value("identifier_file")
     if identifier is not None and identifier_file is not None:

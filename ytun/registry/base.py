@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -166,6 +167,14 @@ class Registry(abc.ABC):
     async def flush(self) -> None:  # noqa: B027 - a no-op default, not abstract
         """Wait until every change made so far is stored. Local registries store before
         their methods return, so there is nothing to wait for."""
+
+    def problem(self) -> str | None:
+        """Why the registry cannot be used now (for a readiness probe), or None."""
+        return None
+
+    def watch(self, callback: Callable[[str], None]) -> None:  # noqa: B027 - a no-op default
+        """Call ``callback(key)`` when another process removed the last route of client
+        ``key`` (a shared registry); local registries change only through their caller."""
 
     def close(self) -> None:  # noqa: B027 - a no-op default, not abstract
         """Release the stored state; the registry must not be used afterwards."""

@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, TextIO
 
 logger = logging.getLogger("ytun.server")
@@ -73,6 +73,9 @@ class AccessLog:
         self._failed = False
         self._stamp_second = -1
         self._stamp = ""
+        #: Other processes write to the same place (``--workers``): write whole lines in
+        #: pieces small enough to be written at once (PIPE_BUF), so no line is cut by another.
+        self.shared = False
 
     @classmethod
     def to_stream(cls, stream: TextIO) -> AccessLog:
@@ -162,11 +165,11 @@ class AccessLog:
             self._timer = None
         if not self._lines:
             return
-        text = "".join(self._lines)
-        self._lines.clear()
+        lines, self._lines = self._lines, []
         try:
-            self._write(text)
-            self._flush_target()
+            for text in _pieces(lines) if self.shared else ("".join(lines),):
+                self._write(text)
+                self._flush_target()
         except (OSError, ValueError) as exc:  # disk full, a closed pipe or file
             if not self._failed:
                 self._failed = True
@@ -178,6 +181,27 @@ class AccessLog:
         file, self._closed_file = self._closed_file, None
         if file is not None:
             file.close()
+
+
+#: Characters per write when the log is shared: at most 4 bytes each in UTF-8, so a piece
+#: stays within PIPE_BUF (4096 bytes on Linux, the POSIX minimum is 512: pieces are atomic
+#: on regular files whatever their size).
+SHARED_PIECE = 1024
+
+
+def _pieces(lines: list[str]) -> Iterator[str]:
+    """``lines`` joined into pieces of at most :data:`SHARED_PIECE` characters, never
+    splitting a line (a longer line is a piece of its own)."""
+    piece: list[str] = []
+    size = 0
+    for line in lines:
+        if piece and size + len(line) > SHARED_PIECE:
+            yield "".join(piece)
+            piece, size = [], 0
+        piece.append(line)
+        size += len(line)
+    if piece:
+        yield "".join(piece)
 
 
 AccessLogSetting = AccessLog | str | os.PathLike[str] | None

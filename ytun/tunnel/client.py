@@ -105,6 +105,9 @@ class Client:
 
     ``server_addr``/``identifier`` may be replaced by ``fetch_server_addr``/
     ``fetch_identifier`` callables (sync or async), asked on every connection attempt.
+    ``server_addr`` (or what ``fetch_server_addr`` gives) may name several servers, comma
+    separated (the nodes of one cluster): a failed attempt or an ended session moves to
+    the next one at once, and the backoff waits only after a whole round has failed.
     HTTP and WebSocket streams go to ``local_addr``, or to ``127.0.0.1:<port of the public
     Host>`` (port 0 means 80). TCP streams go to ``tcp_local[port]``, else
     ``fetch_local_addr(port)``, else ``127.0.0.1:<port>``.
@@ -138,6 +141,10 @@ class Client:
         self.fetch_local_addr = fetch_local_addr
         self.ssl = ssl
         self.backoff: Backoff = backoff or ExponentialBackoff()
+        # Which of several servers is tried next, and attempts since the last success.
+        self._server_index = 0
+        self._server_count = 1
+        self._failed_attempts = 0
         self.yamux_config = yamux_config
         self.dial_timeout = dial_timeout
         #: Stop (instead of retrying) when the server does not know the identifier.
@@ -187,6 +194,12 @@ class Client:
         while not self._closing:
             self._set_state(ClientState.CONNECTING, error)
             if not first:
+                self._server_index += 1
+                self._failed_attempts += 1
+            if not first and self._failed_attempts % self._server_count:
+                # Another server of the list has not been tried since the last success.
+                logger.warning("%s; trying the next server", reason)
+            elif not first:
                 delay = self.backoff.next_delay()
                 if delay is None or delay < 0:
                     self._set_state(
@@ -225,7 +238,10 @@ class Client:
     async def _run_once(self) -> BaseException | None:
         """One connection: dial, CONNECT, handshake, serve until the session ends."""
         identifier = await _resolve(self._fetch_identifier())
-        server_addr = await _resolve(self._fetch_server_addr())
+        servers = [a.strip() for a in (await _resolve(self._fetch_server_addr())).split(",")]
+        servers = [address for address in servers if address]
+        self._server_count = max(len(servers), 1)
+        server_addr = servers[self._server_index % len(servers)] if servers else ""
         if self._closing:  # close() was called while the fetchers ran
             return None
         if not identifier or not server_addr:
@@ -273,6 +289,7 @@ class Client:
             raise
         logger.info("tunnel connected to %s; %s", server_addr, self._describe_routes())
         self.backoff.reset()
+        self._failed_attempts = 0
         self._set_state(ClientState.CONNECTED)
         assert self._connected is not None
         self._connected.set()

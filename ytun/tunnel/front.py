@@ -27,6 +27,7 @@ from .split import END, NEED_DATA, PAUSED, Body, Head, Raw, RequestSplitter, Res
 
 if TYPE_CHECKING:
     from .links import StreamRequester
+    from .peers import Peers
 
 
 class Link(Protocol):
@@ -48,6 +49,8 @@ class Gateway(Protocol):
     access_log: AccessLog | None
     #: Clients whose requests were seen coming back (reported once each).
     loops_reported: set[str]
+    #: The other processes of this server (``--workers``), or None alone.
+    peers: Peers | None
 
     def lookup_host(self, host: str) -> str | None: ...
 
@@ -80,6 +83,8 @@ _EARLY_LIMIT = 1024 * 1024
 #: connection under them: the methods Go's Transport also retries, bytes held up to this.
 _REPLAYABLE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 _REPLAY_LIMIT = 64 * 1024
+#: Seconds between looks at a connection waiting to be handed to another worker.
+_HAND_OFF_RETRY = 0.005
 
 RouteKey = tuple[str, int, int]  # client key, koding protocol, port
 
@@ -112,8 +117,30 @@ def peer_trusted(address: str, networks: Sequence[Network]) -> bool:
 class PublicProtocol(asyncio.Protocol):
     """One public connection on the server's listener."""
 
-    def __init__(self, gateway: Gateway, *, head_timeout: float = HEAD_TIMEOUT) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        head_timeout: float = HEAD_TIMEOUT,
+        handed_in: bytes | None = None,
+        peer: str | None = None,
+        scheme: bytes | None = None,
+        hand_offs: bool = True,
+    ) -> None:
         self._gateway = gateway
+        # A connection another worker handed over, with the bytes it had read: they are
+        # acted on first. Its first request is answered here, never handed on again (a
+        # request moves between processes at most once).
+        self._handed_in = handed_in
+        # False for a connection that came from another node: none of its requests moves
+        # on again, so a request crosses one hop at most and never loops.
+        self._hand_offs = hand_offs
+        self._may_hand_off = handed_in is None and hand_offs
+        # The public client's address and scheme when this connection is a hop from the
+        # node that accepted it (its own peer is that node).
+        self._peer_given = peer
+        self._scheme_given = scheme
+        self._body_taken = 0  # bytes of the current request's body already accounted for
         # The last Host routed on this connection, decoded and split once.
         self._host_seen = b""
         self._host_parsed: tuple[str, int] = ("", 0)
@@ -139,6 +166,7 @@ class PublicProtocol(asyncio.Protocol):
         self._head_received = 0.0  # time.monotonic() of the current head, for the log
         self.activity = 0  # reads so far, for the idle policy
         self._eof = False  # the client half-closed: close once every answer is out
+        self._current_raw = b""
 
     # -- connection ----------------------------------------------------------------------
 
@@ -147,10 +175,15 @@ class PublicProtocol(asyncio.Protocol):
         self._gateway.opened(self)
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if isinstance(peer, tuple) else "-"
+        known = isinstance(peer, tuple)
+        if self._peer_given is not None:
+            self._peer, known = self._peer_given, self._peer_given != "-"
         gateway = self._gateway
         if gateway.forwarded_headers:
             self._scheme = b"https" if transport.get_extra_info("sslcontext") else b"http"
-            address = self._peer.encode() if isinstance(peer, tuple) else b""
+            if self._scheme_given is not None:
+                self._scheme = self._scheme_given
+            address = self._peer.encode() if known else b""
             self._forwarded = (
                 b"X-Forwarded-For: "
                 + address
@@ -161,6 +194,9 @@ class PublicProtocol(asyncio.Protocol):
             self._via_end = b"\r\nVia: 1.1 " + gateway.via_mark + b"\r\n\r\n"
             self._trusted = peer_trusted(self._peer, gateway.trust_forwarded)
         self._arm_head_timer()
+        if self._handed_in:
+            data, self._handed_in = self._handed_in, None
+            self.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stopped = True
@@ -269,7 +305,12 @@ class PublicProtocol(asyncio.Protocol):
         splitter = self._splitter
         try:
             relay = self._relay
-            if (relay is None or not relay.busy) and self._waiting is None and not self._stopped:
+            if (
+                (relay is None or not relay.busy)
+                and self._waiting is None
+                and not self._stopped
+                and (self._gateway.peers is None or not self._transport.get_write_buffer_size())  # type: ignore[union-attr]
+            ):
                 # The common case first, in one step: a whole ordinary request at the start
                 # of the bytes, with nothing in flight before it (so it never waits).
                 whole = splitter.whole_message()
@@ -307,9 +348,13 @@ class PublicProtocol(asyncio.Protocol):
         """A request and all of its body, as the events Head, Body and END would give."""
         if self._access is not None:
             self._head_received = time.monotonic()
-        started = self._start_request(event)
-        assert started, "a request with nothing before it never waits"
         length = event.head.content_length
+        self._body_taken = length or 0
+        started = self._start_request(event)
+        self._body_taken = 0
+        if self._stopped and self._transport is None:
+            return  # handed to another worker
+        assert started, "a request with nothing before it never waits"
         if length and self._sink is not None:
             stop = self._splitter.position
             self._sink.send_body(self._splitter.received[stop - length : stop])
@@ -361,6 +406,7 @@ class PublicProtocol(asyncio.Protocol):
         head: RequestHead = event.head  # type: ignore[assignment]
         relay = self._relay
         if is_control_path(head.target):
+            self._current_raw = event.raw
             if relay is not None and relay.busy:
                 return False
             if head.method != b"CONNECT":
@@ -369,6 +415,18 @@ class PublicProtocol(asyncio.Protocol):
             self._connect(head)
             return True
         client, kind, port = self._route(head)
+        if (
+            client is not None
+            and self._gateway.peers is not None
+            and self._gateway.link_for(client) is None
+        ):
+            if relay is not None and relay.busy:
+                return False  # earlier answers first
+            handed = self._hand_off(client, event)
+            if handed is None:
+                return False  # our last answer is still being written: soon
+            if handed:
+                return True
         raw = event.raw
         looped = False
         if self._forwarded:
@@ -407,9 +465,76 @@ class PublicProtocol(asyncio.Protocol):
                 return True
         relay.send_request(raw, head, self._head_received)
         self._sink = relay
+        self._may_hand_off = self._hand_offs
         if head.upgrade or head.method == b"CONNECT":
             self._upgrading = relay
         return True
+
+    def _hand_off(self, key: str, event: Head) -> bool | None:
+        """Give the connection to the worker that holds the client, with this request's
+        bytes and any after it. True once it is gone; False to answer here; None to try
+        again in a moment (the end of an earlier answer is still ours to write)."""
+        peers = self._gateway.peers
+        transport = self._transport
+        if peers is None or transport is None or not self._hand_offs:
+            return False  # alone, closed, or it came by a hop from another node: stays here
+        if not self._may_hand_off:  # it was just handed here: answered here, the next may move
+            self._may_hand_off = True
+            return False
+        if transport.get_write_buffer_size():
+            if self._body_taken:
+                return False  # never happens: the one-step path waits for the buffer
+            asyncio.get_running_loop().call_later(_HAND_OFF_RETRY, self._retry_waiting)
+            return None
+        splitter = self._splitter
+        data = event.raw + splitter.received[splitter.position - self._body_taken :]
+        if not peers.hand_off(key, "http", transport, data):
+            return False
+        self.hand_over()
+        return True
+
+    def _retry_waiting(self) -> None:
+        waiting = self._waiting
+        if waiting is None or self._stopped or self._transport is None:
+            return
+        self._waiting = None
+        try:
+            started = self._start_request(waiting)
+        except HttpError as exc:
+            self._bad_request(exc)
+            return
+        if not started:
+            self._waiting = waiting
+            return
+        if not self._stopped:
+            self.resume("wait")
+            self._pump()
+
+    def hand_over(self) -> None:
+        """The connection went to another worker: forget it without ending it (the
+        other worker holds a duplicate of the socket)."""
+        self._stopped = True
+        self._cancel_head_timer()
+        self._waiting = None
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.finish()
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            if transport.get_protocol() is self:
+                transport.abort()  # a duplicate of the socket lives in the other worker
+            else:  # carried on by another protocol here (a hop to another node)
+                self._gateway.closed(self)
+
+    @property
+    def may_hand_off(self) -> bool:
+        """False for a connection another worker handed over: its request stays here."""
+        return self._may_hand_off
+
+    @property
+    def current_raw(self) -> bytes:
+        """The head of the request being started (for handing a CONNECT over)."""
+        return self._current_raw
 
     def _open_relay(self, key: RouteKey) -> ResponseRelay | None:
         link = self._gateway.link_for(key[0])

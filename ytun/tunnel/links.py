@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import SessionClosedError
 from ..registry import UNREGISTERED, Registry
@@ -19,6 +19,9 @@ from . import koding
 from .http1 import RequestHead, error_response
 from .ratelimit import TokenBuckets
 from .splice import CloseAtOnce
+
+if TYPE_CHECKING:
+    from .peers import Peers
 
 logger = logging.getLogger("ytun.server")
 
@@ -64,6 +67,20 @@ class ControlConnection(Protocol):
     @property
     def transport(self) -> asyncio.Transport | None: ...
 
+    @property
+    def may_hand_off(self) -> bool:
+        """False if the connection came from another worker (it moves at most once)."""
+        ...
+
+    @property
+    def current_raw(self) -> bytes:
+        """The CONNECT head as received."""
+        ...
+
+    def hand_over(self) -> None:
+        """The connection went to another worker: forget it without ending it."""
+        ...
+
 
 class ClientLinks:
     """Every client connected to one server, by client key (the registry's digest of
@@ -84,8 +101,11 @@ class ClientLinks:
         on_change: Callable[[ServerStateChange], None],
         on_client_leaving: Callable[[str], None],
         refusals: TokenBuckets,
+        peers: Peers | None = None,
     ) -> None:
         self.registry = registry
+        #: Other worker processes: a client is held by one process of the server.
+        self.peers = peers
         self.yamux_config = yamux_config
         self.stream_timeout = stream_timeout
         self.handshake_timeout = handshake_timeout
@@ -121,16 +141,46 @@ class ClientLinks:
         if key is None:
             return self._refuse(transport)
         existing = self._links.get(key)
-        if existing is None:
+        if existing is None and self.peers is None:
             self._accept(key, transport, extra)
             return None
-        # Duplicate identifier: keep a live client, replace a dead one (no kick-both flapping).
         transport.pause_reading()
-        task = asyncio.get_running_loop().create_task(
-            self._resolve_duplicate(existing, key, transport, extra)
-        )
+        loop = asyncio.get_running_loop()
+        if existing is None:  # this worker may hold it, or another one does
+            assert self.peers is not None
+            claiming = loop.create_task(self._claim(self.peers, public, key, extra))
+            claiming.add_done_callback(_report)
+            return None
+        # Duplicate identifier: keep a live client, replace a dead one (no kick-both flapping).
+        task = loop.create_task(self._resolve_duplicate(existing, key, transport, extra))
         task.add_done_callback(_report)
         return None
+
+    async def _claim(self, peers: Peers, public: ControlConnection, key: str, extra: bytes) -> None:
+        """Take the client in this worker, or give its control connection to the worker
+        that holds the client: there the usual duplicate rule applies."""
+        granted = await peers.claim(key)
+        transport = public.transport
+        if transport is None or transport.is_closing():
+            if granted and key not in self._links:
+                peers.release(key)
+            return
+        if granted:
+            existing = self._links.get(key)
+            if existing is None:
+                transport.resume_reading()
+                self._accept(key, transport, extra)
+            else:  # a second CONNECT for it reached this worker meanwhile
+                await self._resolve_duplicate(existing, key, transport, extra)
+            return
+        raw = public.current_raw
+        if public.may_hand_off and peers.hand_off(key, "http", transport, raw + extra):
+            public.hand_over()
+            logger.debug("gave a control connection to the worker holding its client")
+            return
+        # Its holder went away as this connection came from it: the client retries.
+        transport.write(error_response(502, "control conn already exist. \n", close=True))
+        transport.close()
 
     def _refuse(self, transport: asyncio.Transport) -> bytes | None:
         """Answer an unknown identifier; an address that keeps guessing is cut off."""
@@ -192,8 +242,14 @@ class ClientLinks:
     def link_gone(self, link: ClientLink, error: BaseException | None) -> None:
         if self._links.get(link.key) is link:
             del self._links[link.key]
+            if self.peers is not None:  # unless a replacement takes it in this same turn
+                asyncio.get_running_loop().call_soon(self._release, link.key)
         logger.info("client for %s disconnected: %s", link.label, error)
         self._set_state(link.key, ServerState.CLOSED, error, link.label)
+
+    def _release(self, key: str) -> None:
+        if key not in self._links and self.peers is not None:
+            self.peers.release(key)
 
     def client_leaving(self, link: ClientLink) -> None:
         self._on_client_leaving(link.key)

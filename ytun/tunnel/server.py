@@ -35,6 +35,7 @@ from .front import HEAD_TIMEOUT, Network, PublicProtocol
 from .http1 import MAX_HEAD_SIZE, RequestHead, error_response
 from .limits import default_max_connections
 from .links import ClientLink, ClientLinks, ServerState, ServerStateChange
+from .peers import ConnectionKind, Peers
 from .ratelimit import TokenBuckets
 from .splice import AnswerAndClose
 from .tcp import TcpListeners
@@ -59,6 +60,10 @@ class ClientInfo:
     peer: tuple[Any, ...] | None
     connected_at: float
     streams: int
+
+
+#: A readiness check: None when fine, else why the server is not ready.
+ReadinessCheck = Callable[[], "str | None"]
 
 
 class Server:
@@ -89,12 +94,16 @@ class Server:
         refusal_rate: float = 1.0,
         refusal_burst: int = 10,
         on_state_change: Callable[[ServerStateChange], None] | None = None,
+        peers: Peers | None = None,
+        via_mark: bytes | None = None,
     ) -> None:
         #: Who owns which route; the server keys its clients by the registry's client keys.
         self.registry = registry if registry is not None else MemoryRegistry()
         #: The wildcard domain (``*.domain`` points here): add_subdomain() hands out names
         #: under it, and names deeper than a registered subdomain route to its owner.
         self.domain = normalize_name(domain) if domain else None
+        #: The other worker processes of this server, or None when it runs alone.
+        self.peers = peers
         #: Replace the public client's X-Forwarded-*/Forwarded fields with ours and mark
         #: requests with Via; False forwards request heads untouched.
         self.forwarded_headers = forwarded_headers
@@ -106,7 +115,9 @@ class Server:
         #: None (off), an AccessLog, "stdout", "stderr" or a file path to append to.
         self.access_log: AccessLog | None = open_access_log(access_log)
         self._owns_access_log = not isinstance(access_log, AccessLog)
-        self.via_mark = b"ytun-" + secrets.token_hex(8).encode()
+        # Workers of one server share one mark: a request that comes back through any of
+        # them is a loop.
+        self.via_mark = via_mark or b"ytun-" + secrets.token_hex(8).encode()
         self.loops_reported: set[str] = set()
         self.max_head_size = max_head_size
         #: A request head (or the CONNECT head) must arrive whole within this time.
@@ -129,9 +140,13 @@ class Server:
             on_change=self._states.publish,
             on_client_leaving=self._public.client_leaving,
             refusals=TokenBuckets(refusal_rate, refusal_burst),
+            peers=peers,
         )
-        self._tcp = TcpListeners(self.registry, self.link_for, self.access_log)
+        self._tcp = TcpListeners(self.registry, self.link_for, self.access_log, peers=peers)
         self._servers: list[asyncio.AbstractServer] = []
+        self._readiness_checks: list[ReadinessCheck] = []
+        # Another node may delete a client's last route: it must not stay connected here.
+        self.registry.watch(self._disconnect_if_unrouted)
 
     # -- configuration -------------------------------------------------------------------
 
@@ -195,12 +210,20 @@ class Server:
             link.disconnect(SessionClosedError("its last route was deleted"))
 
     async def add_addr(
-        self, address: str | socket.socket, identifier: str, *, ip: str | None = None
+        self,
+        address: str | socket.socket,
+        identifier: str,
+        *,
+        ip: str | None = None,
+        reuse_port: bool = False,
+        listen: bool = True,
     ) -> tuple[str, int]:
         """Tunnel raw TCP: listen on ``address`` (``host:port`` or a listening socket) and
         route its connections to a client, by port, or by local IP when ``ip`` is given.
-        Returns the listening address."""
-        return await self._tcp.add(address, identifier, ip)
+        ``reuse_port`` shares the port with other processes (SO_REUSEPORT); ``listen=False``
+        only routes (another process listens and hands the connections over). Returns the
+        listening address."""
+        return await self._tcp.add(address, identifier, ip, reuse_port=reuse_port, listen=listen)
 
     def delete_addr(self, port: int, *, ip: str | None = None) -> None:
         """Remove a TCP route; the listener closes when no port route is left on it.
@@ -225,6 +248,36 @@ class Server:
             for link in self._links
             if link.connected
         ]
+
+    @property
+    def listening(self) -> bool:
+        return any(listener.is_serving() for listener in self._servers)
+
+    def add_readiness_check(self, check: ReadinessCheck) -> None:
+        """Make ``check`` part of :meth:`readiness` (e.g. a shared store's connection)."""
+        self._readiness_checks.append(check)
+
+    def readiness(self) -> list[str]:
+        """Why the server cannot serve now: empty when it is ready (listening, its
+        registry usable, every added check passing)."""
+        reasons = []
+        if not self.listening:
+            reasons.append("not listening")
+        problem = self.registry.problem()
+        if problem is not None:
+            reasons.append(f"registry: {problem}")
+        for check in self._readiness_checks:
+            try:
+                problem = check()
+            except Exception as exc:  # a broken check is a reason, not a crash
+                problem = f"readiness check failed: {type(exc).__name__}"
+            if problem is not None:
+                reasons.append(problem)
+        return reasons
+
+    def ready(self) -> bool:
+        """True when :meth:`readiness` finds nothing wrong."""
+        return not self.readiness()
 
     @property
     def in_flight(self) -> int:
@@ -265,8 +318,61 @@ class Server:
 
     # -- listening -----------------------------------------------------------------------
 
+    def adopt(self, sock: socket.socket, kind: ConnectionKind, data: bytes) -> None:
+        """Serve a connection another worker accepted (and read ``data`` from)."""
+        loop = asyncio.get_running_loop()
+        factory: Callable[[], asyncio.BaseProtocol]
+        if kind == "tcp":
+            factory = self._tcp.adopted_protocol
+        elif self._held() >= self.max_connections:
+            factory = self.protocol_factory  # the at-capacity answer
+        else:
+            factory = lambda: PublicProtocol(  # noqa: E731
+                self, head_timeout=self.head_timeout, handed_in=data
+            )
+        adopting = loop.create_task(loop.connect_accepted_socket(factory, sock))
+        adopting.add_done_callback(_adopted)
+
+    def adopt_hop(
+        self,
+        transport: asyncio.Transport,
+        kind: ConnectionKind,
+        data: bytes,
+        *,
+        key: str,
+        port: int,
+        peer: str,
+        scheme: bytes,
+    ) -> None:
+        """Serve a connection that another node accepted and forwards over ``transport``
+        (``data`` is what came after the hop's first line). Its requests are answered
+        here, never forwarded again: a request for a client this node does not hold gets
+        the answer of a client that is not connected."""
+        protocol: asyncio.Protocol
+        if kind == "tcp":
+            protocol = self._tcp.hopped_protocol(key, port, peer)
+        elif self._held() >= self.max_connections:
+            protocol = self.protocol_factory()  # the at-capacity answer
+        else:
+            protocol = PublicProtocol(
+                self,
+                head_timeout=self.head_timeout,
+                handed_in=data,
+                peer=peer,
+                scheme=scheme,
+                hand_offs=False,
+            )
+            data = b""
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if data:
+            protocol.data_received(data)
+
+    def _held(self) -> int:
+        return len(self._public) + len(self._links)
+
     def protocol_factory(self) -> asyncio.Protocol:
-        held = len(self._public) + len(self._links)
+        held = self._held()
         if held >= self.max_connections:
             if not self._at_capacity:  # once per episode, not once per connection
                 self._at_capacity = True
@@ -290,20 +396,25 @@ class Server:
         ssl: ssl_module.SSLContext | None = None,
         sock: socket.socket | None = None,
         backlog: int = 1024,
+        reuse_port: bool = False,
     ) -> asyncio.AbstractServer:
-        """Start listening; the returned server tells the bound address."""
+        """Start listening; the returned server tells the bound address. ``reuse_port``
+        shares the port with other processes (SO_REUSEPORT: the kernel spreads the
+        connections)."""
         loop = asyncio.get_running_loop()
         listener: asyncio.AbstractServer
         if ssl is not None:  # looks at each first byte: plain HTTP gets an answer, not silence
             if sock is None:
-                sock = socket.create_server((host, port), backlog=backlog)
+                sock = socket.create_server((host, port), backlog=backlog, reuse_port=reuse_port)
             else:
                 sock.listen(backlog)
             listener = TlsListener(sock, self.protocol_factory, ssl)
         elif sock is not None:
             listener = await loop.create_server(self.protocol_factory, sock=sock, backlog=backlog)
         else:
-            listener = await loop.create_server(self.protocol_factory, host, port, backlog=backlog)
+            listener = await loop.create_server(
+                self.protocol_factory, host, port, backlog=backlog, reuse_port=reuse_port or None
+            )
         self._servers.append(listener)
         return listener
 
@@ -329,3 +440,9 @@ class Server:
                 self.access_log.close()
             else:
                 self.access_log.flush()
+
+
+def _adopted(task: asyncio.Task[object]) -> None:
+    # The connection was reset while it moved between workers: nothing to answer.
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("a handed-over connection could not be adopted: %s", task.exception())

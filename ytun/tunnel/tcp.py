@@ -8,6 +8,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..registry import Registry
 from . import koding
@@ -15,6 +16,9 @@ from .access import AccessLog
 from .addr import split_host_port
 from .links import ClientLink
 from .splice import Pipe, PipeEnd
+
+if TYPE_CHECKING:
+    from .peers import Peers
 
 logger = logging.getLogger("ytun.server")
 
@@ -25,18 +29,35 @@ class TcpListeners:
     """The server's TCP tunnel listeners, one per port; routes live in the registry."""
 
     def __init__(
-        self, registry: Registry, link_for: LinkLookup, access: AccessLog | None = None
+        self,
+        registry: Registry,
+        link_for: LinkLookup,
+        access: AccessLog | None = None,
+        *,
+        peers: Peers | None = None,
     ) -> None:
         self._registry = registry
         self._link_for = link_for
         self._access = access
+        self._peers = peers
         self._listeners: dict[int, asyncio.Server] = {}
 
     async def add(
-        self, address: str | socket.socket, identifier: str, ip: str | None
+        self,
+        address: str | socket.socket,
+        identifier: str,
+        ip: str | None,
+        *,
+        reuse_port: bool,
+        listen: bool = True,
     ) -> tuple[str, int]:
-        """Listen on ``address`` (once per port) and route it; returns the bound address."""
+        """Listen on ``address`` (once per port) and route it; returns the bound address.
+        ``listen=False`` only routes: another process listens and hands connections over."""
         loop = asyncio.get_running_loop()
+        if not listen and isinstance(address, str):
+            host, port = split_host_port(address)
+            self._registry.add_addr(port, identifier, ip)
+            return host, port
         if isinstance(address, socket.socket):
             sock_name = address.getsockname()
         else:
@@ -58,7 +79,9 @@ class TcpListeners:
             if isinstance(address, socket.socket):
                 listener = await loop.create_server(self._protocol, sock=address)
             else:
-                listener = await loop.create_server(self._protocol, sock_name[0], port)
+                listener = await loop.create_server(
+                    self._protocol, sock_name[0], port, reuse_port=reuse_port or None
+                )
             sock_name = listener.sockets[0].getsockname()
             port = sock_name[1]
             self._listeners[port] = listener
@@ -80,7 +103,16 @@ class TcpListeners:
         self._listeners.clear()
 
     def _protocol(self) -> asyncio.BaseProtocol:
+        return _TcpPublic(self._registry, self._link_for, self._access, self._peers)
+
+    def adopted_protocol(self) -> asyncio.BaseProtocol:
+        """For a connection another worker accepted: it is not handed on again."""
         return _TcpPublic(self._registry, self._link_for, self._access)
+
+    def hopped_protocol(self, key: str, port: int, peer: str) -> asyncio.Protocol:
+        """For a connection another node accepted on its TCP ``port`` for client ``key``
+        (its local address here is the hop's): it is not handed on again."""
+        return _TcpPublic(self._registry, self._link_for, self._access, route=(key, port, peer))
 
 
 class _TcpStreamEnd(PipeEnd):
@@ -110,10 +142,17 @@ class _TcpPublic(PipeEnd):
     an access log."""
 
     def __init__(
-        self, registry: Registry, link_for: LinkLookup, access: AccessLog | None = None
+        self,
+        registry: Registry,
+        link_for: LinkLookup,
+        access: AccessLog | None = None,
+        peers: Peers | None = None,
+        route: tuple[str, int, str] | None = None,
     ) -> None:
         super().__init__(Pipe(), 1)
+        self._route = route  # key, public port and peer given by the node that accepted it
         self._registry = registry
+        self._peers = peers
         self._link_for = link_for
         self._access = access
         self._stream_end: _TcpStreamEnd | None = None
@@ -137,13 +176,28 @@ class _TcpPublic(PipeEnd):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # reading waits for the stream
         ip, port = transport.get_extra_info("sockname")[:2]
+        if self._route is not None:
+            port = self._route[1]
         if self._access is not None:
             self._started = time.monotonic()
             peer = transport.get_extra_info("peername")
             self._peer = peer[0] if isinstance(peer, tuple) else "-"
+            if self._route is not None:
+                self._peer = self._route[2]
             self._port = port
-        key = self._registry.lookup_addr(ip, port)
+        key = self._route[0] if self._route is not None else self._registry.lookup_addr(ip, port)
         link = self._link_for(key) if key is not None else None
+        # Nothing is read before the stream exists: no bytes go along to another worker.
+        if (
+            link is None
+            and key is not None
+            and self._peers is not None
+            and self._peers.hand_off(key, "tcp", transport, b"")
+        ):
+            self._access = None  # logged by the process that serves it
+            if transport.get_protocol() is self:  # a duplicate of the socket lives on there
+                transport.abort()  # type: ignore[attr-defined]
+            return
         if link is None:
             logger.warning("no client for TCP connection on %s:%d; closing", ip, port)
             transport.close()
