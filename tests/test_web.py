@@ -153,3 +153,30 @@ async def test_events_are_streamed_and_stop_when_the_peer_leaves() -> None:
     server.close()
     assert b"text/event-stream" in head
     assert first == b"data: tick 0\ndata: second line\n\n"
+
+
+async def test_a_guard_checks_every_route_but_public_ones() -> None:
+    def guard(request: web.Request) -> web.Response | None:
+        if request.headers.get("authorization") == "Bearer right":
+            return None
+        return web.error_response(401, "a token is needed")
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response(200, {"ok": True})
+
+    router = web.Router(guard)
+    router.add("GET", "/private", ok)
+    router.add("GET", "/health", ok, public=True)
+    server, port = await _server(router)
+    close = b"Host: h\r\nConnection: close\r\n"
+    without = await _exchange(port, b"GET /private HTTP/1.1\r\n" + close + b"\r\n")
+    wrong_method = await _exchange(port, b"POST /private HTTP/1.1\r\n" + close + b"\r\n")
+    right = await _exchange(
+        port, b"GET /private HTTP/1.1\r\n" + close + b"Authorization: Bearer right\r\n\r\n"
+    )
+    public = await _exchange(port, b"GET /health HTTP/1.1\r\n" + close + b"\r\n")
+    server.close()
+    assert _status_and_json(without)[0] == 401
+    assert _status_and_json(wrong_method)[0] == 401
+    assert _status_and_json(right) == (200, {"ok": True})
+    assert _status_and_json(public) == (200, {"ok": True})

@@ -87,27 +87,37 @@ def error_response(status: int, message: str) -> Response:
 
 
 Handler = Callable[..., Awaitable[Response | EventStream]]
+#: Looks at a request before its handler: a Response refuses it, None lets it through.
+Guard = Callable[[Request], Response | None]
 
 
 class Router:
-    """Method + path pattern → handler. ``{name}`` matches one path segment, URL-decoded."""
+    """Method + path pattern → handler. ``{name}`` matches one path segment, URL-decoded.
 
-    def __init__(self) -> None:
-        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+    With a ``guard`` (authentication), every route but those added with ``public=True``
+    is checked by it first."""
 
-    def add(self, method: str, pattern: str, handler: Handler) -> None:
+    def __init__(self, guard: Guard | None = None) -> None:
+        self._guard = guard
+        self._routes: list[tuple[str, re.Pattern[str], Handler, bool]] = []
+
+    def add(self, method: str, pattern: str, handler: Handler, *, public: bool = False) -> None:
         parts = re.split(r"\{(\w+)\}", pattern)  # literal, name, literal, name, ...
         regex = "".join(
             f"(?P<{part}>[^/]+)" if odd else re.escape(part) for odd, part in _alternating(parts)
         )
-        self._routes.append((method.upper(), re.compile(f"^{regex}$"), handler))
+        self._routes.append((method.upper(), re.compile(f"^{regex}$"), handler, public))
 
     async def dispatch(self, request: Request) -> Response | EventStream:
         allowed: list[str] = []
-        for method, regex, handler in self._routes:
+        for method, regex, handler, public in self._routes:
             match = regex.match(request.path)
             if match is None:
                 continue
+            if self._guard is not None and not public:
+                refusal = self._guard(request)
+                if refusal is not None:  # before 404/405: no route is probed without a token
+                    return refusal
             if method != request.method:
                 allowed.append(method)
                 continue
