@@ -236,7 +236,7 @@ async def test_reconnects_after_the_server_drops_the_session():
     tunnel = Tunnel(server=server, client_kwargs={"on_state_change": changes.append})
     async with tunnel:
         assert await get_echo(tunnel, "before") == "before"
-        tunnel.server.link_for(tunnel.identifier).session.abort()
+        tunnel.server.link_for(tunnel.server.registry.key_for(tunnel.identifier)).session.abort()
         await wait_for_condition(lambda: len(connects) == 2 and changes[-1].current is OK)
         assert pairs(changes) == [(U, S), (S, C), (C, OK), (OK, D), (D, C), (C, OK)]
         assert changes[3].error is not None
@@ -290,7 +290,7 @@ async def test_fetch_callables_are_asked_on_every_attempt(kind):
             await client.wait_connected(TIMEOUT)
             assert asked == {"addr": 3, "id": 3}
             await wait_for_condition(lambda: server.is_connected("FETCHED-ID"))
-            server.link_for("FETCHED-ID").session.abort()  # one more attempt
+            server.link_for(server.registry.key_for("FETCHED-ID")).session.abort()  # once more
             await wait_for_condition(lambda: asked == {"addr": 4, "id": 4} and client.state is OK)
         finally:
             await client.close(grace=1)

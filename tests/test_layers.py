@@ -1,5 +1,5 @@
 """The package's layers, checked from the source: no import circle anywhere in ``ytun``,
-and each layer imports only the ones below it (codec < yamux < tunnel < command line)."""
+and each layer imports only the ones below it (codec < yamux < registry < tunnel < command line)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ PACKAGE = pathlib.Path(ytun.__file__).resolve().parent
 LAYERS = [
     ("ytun._version", "ytun._const", "ytun.errors", "ytun._frames", "ytun._frames_py"),
     ("ytun.yamux",),
+    ("ytun.registry",),
     ("ytun.tunnel",),
     ("ytun", "ytun.cli", "ytun.settings", "ytun.demo", "ytun.__main__"),
 ]

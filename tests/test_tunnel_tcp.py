@@ -330,7 +330,9 @@ async def test_add_addr_refuses_a_port_that_another_listener_serves():
             sock.bind(("127.0.0.2", port))
             with pytest.raises(OSError):
                 await server.add_addr(sock, "SOMEONE-ELSE")
-        assert server.registry.lookup_addr("127.0.0.1", port) == tunnel.identifier
+        assert server.registry.lookup_addr("127.0.0.1", port) == server.registry.key_for(
+            tunnel.identifier
+        )
         assert await server.add_addr(f"127.0.0.1:{port}", tunnel.identifier) == ("127.0.0.1", port)
         assert await exchange(port, b"still mine") == b"first:still mine\n"
 

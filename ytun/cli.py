@@ -20,7 +20,8 @@ from typing import Any
 
 from ._version import __version__
 from .demo import start_demo_app
-from .errors import IdentifierRefusedError
+from .errors import IdentifierRefusedError, RegistryError
+from .registry import MemoryRegistry, Registry, SqliteRegistry
 from .settings import (
     LOG_LEVELS,
     SERVER_KEYS,
@@ -28,6 +29,7 @@ from .settings import (
     ServerFile,
     UsageError,
     check_address,
+    check_domain,
     check_identifier,
     check_listen_address,
     check_network,
@@ -62,7 +64,7 @@ __all__ = ["UsageError", "build_parser", "main"]
 
 SERVER_EXAMPLES = """\
 examples:
-  ytun server --config /etc/ytun/server.toml
+  ytun server --config /etc/ytun/server.toml --state /var/lib/ytun/state.db
   ytun server --listen 127.0.0.1:8000 --host app.localhost:8000=dev-secret
 """
 
@@ -146,6 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR=IDENTIFIER",
         help="listen on ADDR (HOST:PORT or :PORT) and tunnel its TCP connections to the "
         f"client with IDENTIFIER; repeatable; {VISIBLE} (default: none)",
+    )
+    server.add_argument(
+        "--state",
+        metavar="FILE",
+        help="keep hosts and TCP routes in this SQLite file (identifiers hashed), so a "
+        "restart keeps them; --host and --tcp routes are added to it (default: none, "
+        "routes live in memory)",
+    )
+    server.add_argument(
+        "--domain",
+        metavar="NAME",
+        help="the wildcard domain pointing at this server (*.NAME): subdomains are handed "
+        "out under it, and names below a registered subdomain route to its client "
+        "(default: none)",
     )
     server.add_argument(
         "--tls-cert", metavar="FILE", help="certificate chain (PEM) to serve TLS (default: none)"
@@ -337,6 +353,8 @@ class ServerConfig:
     flag_keys: frozenset[str]
     config_path: Path | None
     file: ServerFile | None
+    state: Path | None = None
+    domain: str | None = None
     # Identifiers: kept out of repr().
     flag_hosts: dict[str, str] = field(default_factory=dict, repr=False)
     flag_tcp: dict[str, str] = field(default_factory=dict, repr=False)
@@ -382,6 +400,12 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     access_log = _pick(args.access_log, file and file.access_log, DEFAULT_ACCESS_LOG)
     if not access_log:
         raise UsageError("--access-log must be off, stdout, stderr or a file name")
+    state: Path | None = Path(args.state) if args.state else (file.state if file else None)
+    if args.state == "":
+        raise UsageError("--state must name a file")
+    domain = _pick(args.domain, file and file.domain, None)
+    if domain is not None:
+        domain = check_domain(domain, "--domain")
     return ServerConfig(
         listen_host=listen_host,
         listen_port=listen_port,
@@ -410,6 +434,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         file=file,
         flag_hosts=flag_hosts,
         flag_tcp=flag_tcp,
+        state=state,
+        domain=domain,
     )
 
 
@@ -545,7 +571,10 @@ async def start_server(config: ServerConfig) -> RunningServer:
         raise UsageError(
             f"cannot open the access log {config.access_log}: {exc.strerror or exc}"
         ) from None
+    registry = open_registry(config.state)
     server = Server(
+        registry=registry,
+        domain=config.domain,
         forwarded_headers=config.forwarded_headers,
         trust_forwarded=config.trust_forwarded,
         access_log=access_log,
@@ -555,13 +584,47 @@ async def start_server(config: ServerConfig) -> RunningServer:
         handshake_timeout=config.handshake_timeout,
     )
     running = RunningServer(server, config)
-    # "" is every interface to asyncio and uvloop alike.
-    await server.serve(config.listen_host or "", config.listen_port, ssl=config.ssl)
-    hosts, tcp = config.routes(config.file)
-    await running.apply_routes(hosts, tcp, at_start=True)
-    if not hosts and not tcp:
+    try:
+        # "" is every interface to asyncio and uvloop alike.
+        await server.serve(config.listen_host or "", config.listen_port, ssl=config.ssl)
+        hosts, tcp = config.routes(config.file)
+        await running.apply_routes(hosts, tcp, at_start=True)
+    except BaseException:
+        registry.close()
+        raise
+    if not server.hosts() and not server.tcp_routes():
         logger.warning("no hosts and no TCP routes: every client will be refused")
+    _report_stored_tcp_routes(server, running)
     return running
+
+
+def open_registry(state: Path | None) -> Registry:
+    """The SQLite registry of ``--state`` (a RegistryError says why it cannot be used),
+    or routes in memory."""
+    if state is None:
+        return MemoryRegistry()
+    registry = SqliteRegistry(state)
+    logger.info(
+        "state %s: %d hosts, %d TCP routes",
+        state,
+        len(registry.hosts()),
+        len(registry.tcp_routes()),
+    )
+    return registry
+
+
+def _report_stored_tcp_routes(server: Server, running: RunningServer) -> None:
+    """A stored TCP port route lets its client connect, but which address to listen on is
+    configuration (--tcp, the config file), not state: say so for the ones not listened on."""
+    bound = {f":{port}" for _, port in running.tcp.values()}
+    for route in server.tcp_routes():
+        if route.kind == "tcp" and route.name not in bound:
+            logger.warning(
+                "TCP route %s of %s is in the state file but not listened on: "
+                "give it with --tcp or in the config file",
+                route.name,
+                route.label,
+            )
 
 
 def _listening_line(config: ServerConfig) -> str:
@@ -754,7 +817,10 @@ async def server_main(config: ServerConfig) -> int:
             "request" if in_flight == 1 else "requests",
             config.grace,
         )
-    return await signals.stop(server.close(grace=config.grace), lambda: server.close(grace=0))
+    try:
+        return await signals.stop(server.close(grace=config.grace), lambda: server.close(grace=0))
+    finally:
+        server.registry.close()
 
 
 async def client_main(config: ClientConfig) -> int:
@@ -850,6 +916,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"ytun {command}: {exc}", file=sys.stderr)
         return 2
+    except RegistryError as exc:
+        print(f"ytun {command}: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"ytun {command}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -69,3 +69,16 @@ class IdentifierRefusedError(TunnelError):
 
 class TunnelLoopError(TunnelError):
     """The local address a stream would be sent to is the tunnel server itself."""
+
+
+class RegistryError(YtunError):
+    """The registry's stored state cannot be used: corrupt, unreadable, unwritable, or
+    written by a newer ytun. The message names the file and the reason."""
+
+
+class InvalidHostError(YtunError, ValueError):
+    """A host name that cannot be routed; the message says why (never echoes a secret)."""
+
+
+class HostTakenError(YtunError):
+    """The host already belongs to another client and replacing it was not asked for."""

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import InvalidHostError
+from .registry.names import normalize_host, normalize_name
 from .tunnel.addr import split_host_port
 
 if sys.version_info >= (3, 11):
@@ -89,7 +91,19 @@ def check_virtual_host(value: str, what: str) -> str:
         host, port_text = value.split(":")
         if not host or not port_text.isdigit() or not 0 < int(port_text) <= 0xFFFF:
             raise UsageError(f"{what} must be NAME or NAME:PORT, got {value!r}")
+    try:
+        normalize_host(value)  # what the registry will require
+    except InvalidHostError as exc:
+        raise UsageError(f"{what}: {exc}" if what else str(exc)) from None
     return value
+
+
+def check_domain(value: str, what: str) -> str:
+    """The wildcard domain: a host name without port (``tunnel.example.com``)."""
+    try:
+        return normalize_name(value)
+    except InvalidHostError as exc:
+        raise UsageError(f"{what}: {exc}" if what else str(exc)) from None
 
 
 def check_network(value: str, what: str) -> str:
@@ -157,6 +171,9 @@ class ServerFile:
     handshake_timeout: float | None = None
     grace: float | None = None
     log_level: str | None = None
+    #: The SQLite state file (resolved against the config file's directory).
+    state: Path | None = None
+    domain: str | None = None
 
 
 @dataclass
@@ -335,6 +352,8 @@ SERVER_KEYS = (
     "tls_key",
     "hosts",
     "tcp",
+    "state",
+    "domain",
     "forwarded_headers",
     "trust_forwarded",
     "access_log",
@@ -380,6 +399,11 @@ def load_server_file(path: Path) -> ServerFile:
         for address in tcp.values:
             tcp.checked(address, check_listen_address, address)
             loaded.tcp[address] = tcp.identifier_of(address)
+    loaded.state = table.path_value("state")
+    loaded.domain = table.string("domain")
+    if loaded.domain is not None:
+        table.checked("domain", check_domain, loaded.domain)
+        loaded.domain = check_domain(loaded.domain, "domain")
     loaded.forwarded_headers = table.boolean("forwarded_headers")
     loaded.trust_forwarded = table.strings("trust_forwarded")
     for network in loaded.trust_forwarded or ():

@@ -18,7 +18,7 @@ class PublicConnection(Protocol):
 
     def close(self) -> None: ...
 
-    def client_leaving(self, identifier: str) -> None: ...
+    def client_leaving(self, client: str) -> None: ...
 
 
 class PublicConnections:
@@ -52,9 +52,9 @@ class PublicConnections:
         """Connections with a request still waiting for its answer."""
         return sum(1 for public in self._open if not public.idle)
 
-    def client_leaving(self, identifier: str) -> None:
+    def client_leaving(self, client: str) -> None:
         for public in list(self._open):
-            public.client_leaving(identifier)
+            public.client_leaving(client)
 
     def close_all(self) -> None:
         self.stop()

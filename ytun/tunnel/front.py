@@ -51,7 +51,7 @@ class Gateway(Protocol):
 
     def lookup_host(self, host: str) -> str | None: ...
 
-    def link_for(self, identifier: str) -> Link | None: ...
+    def link_for(self, key: str) -> Link | None: ...
 
     def control_connect(
         self, public: PublicProtocol, head: RequestHead, extra: bytes
@@ -81,7 +81,7 @@ _EARLY_LIMIT = 1024 * 1024
 _REPLAYABLE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 _REPLAY_LIMIT = 64 * 1024
 
-RouteKey = tuple[str, int, int]  # identifier, koding protocol, port
+RouteKey = tuple[str, int, int]  # client key, koding protocol, port
 
 
 def is_control_path(target: bytes) -> bool:
@@ -342,7 +342,7 @@ class PublicProtocol(asyncio.Protocol):
             self._pump()
 
     def _route(self, head: RequestHead) -> tuple[str, int, int] | tuple[None, int, str]:
-        """``(identifier, protocol, port)``, or ``(None, status, message)`` for an error."""
+        """``(client key, protocol, port)``, or ``(None, status, message)`` for an error."""
         if not head.host:
             return None, 502, "request host is empty"
         if head.host == self._host_seen:  # keep-alive: the same Host again
@@ -351,10 +351,10 @@ class PublicProtocol(asyncio.Protocol):
             host = head.host.decode("latin-1").lower()
             port = split_host_port(host)[1]
             self._host_seen, self._host_parsed = head.host, (host, port)
-        identifier = self._gateway.lookup_host(host)  # every time: routes may change
-        if identifier is None:
+        client = self._gateway.lookup_host(host)  # every time: routes may change
+        if client is None:
             return None, 502, f"no virtual host available for {go_quote(host)}"
-        return identifier, koding.WS if head.websocket else koding.HTTP, port
+        return client, koding.WS if head.websocket else koding.HTTP, port
 
     def _start_request(self, event: Head) -> bool:
         """Route and forward one request; False if it must wait for earlier answers."""
@@ -368,7 +368,7 @@ class PublicProtocol(asyncio.Protocol):
                 return True
             self._connect(head)
             return True
-        identifier, kind, port = self._route(head)
+        client, kind, port = self._route(head)
         raw = event.raw
         looped = False
         if self._forwarded:
@@ -387,16 +387,16 @@ class PublicProtocol(asyncio.Protocol):
         if (
             relay is not None
             and relay.busy
-            and (identifier is None or looped or relay.key != (identifier, kind, port))
+            and (client is None or looped or relay.key != (client, kind, port))
         ):
             return False
-        if identifier is None:
+        if client is None:
             self._answer(head, kind, port)  # type: ignore[arg-type]
             return True
         if looped:
-            self._loop_detected(head, identifier)
+            self._loop_detected(head, client)
             return True
-        key = (identifier, kind, port)
+        key = (client, kind, port)
         if relay is not None and (relay.key != key or relay.closed):
             relay.finish()
             self._relay = relay = None
@@ -425,12 +425,12 @@ class PublicProtocol(asyncio.Protocol):
             relay.pause_reading()
         return relay
 
-    def _loop_detected(self, head: RequestHead, identifier: str) -> None:
+    def _loop_detected(self, head: RequestHead, client: str) -> None:
         """The request carries this server's own Via mark: the client sent it back here
         (its local address is this server). Answered 508 rather than sent round again."""
         reported = self._gateway.loops_reported
-        if identifier not in reported:
-            reported.add(identifier)  # once per client: a loop repeats with every request
+        if client not in reported:
+            reported.add(client)  # once per client: a loop repeats with every request
             logger.warning(
                 "requests for %s come back to this server through its client: the client "
                 "forwards them to the server itself (give it --local HOST:PORT of the app); "
@@ -520,10 +520,11 @@ class PublicProtocol(asyncio.Protocol):
 
     # -- events from the tunnel ----------------------------------------------------------
 
-    def client_leaving(self, identifier: str) -> None:
-        """That client is shutting down: end our stream to it once its answers are out."""
+    def client_leaving(self, client: str) -> None:
+        """That client (by key) is shutting down: end our stream to it once its answers
+        are out."""
         relay = self._relay
-        if relay is not None and relay.key[0] == identifier:
+        if relay is not None and relay.key[0] == client:
             relay.draining = True
             if not relay.busy:
                 self._relay = None

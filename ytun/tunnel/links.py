@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import SessionClosedError
+from ..registry import UNREGISTERED, Registry
 from ..yamux import Config, Session
 from . import koding
 from .http1 import RequestHead, error_response
 from .ratelimit import TokenBuckets
-from .registry import Registry
 from .splice import CloseAtOnce
 
 logger = logging.getLogger("ytun.server")
@@ -66,10 +66,11 @@ class ControlConnection(Protocol):
 
 
 class ClientLinks:
-    """Every client connected to one server, by identifier.
+    """Every client connected to one server, by client key (the registry's digest of
+    its identifier: the identifier itself is dropped once the CONNECT is checked).
 
-    State is kept only for identifiers the registry knows, so refused CONNECTs with
-    made-up identifiers cost nothing that stays.
+    State is kept only for keys the registry knows, so refused CONNECTs with made-up
+    identifiers cost nothing that stays.
     """
 
     def __init__(
@@ -102,9 +103,9 @@ class ClientLinks:
     def __iter__(self) -> Any:
         return iter(list(self._links.values()))
 
-    def get(self, identifier: str) -> ClientLink | None:
-        """The connected client with ``identifier``, if any."""
-        link = self._links.get(identifier)
+    def get(self, key: str) -> ClientLink | None:
+        """The connected client with client key ``key``, if any."""
+        link = self._links.get(key)
         return link if link is not None and link.connected else None
 
     # -- the control path ----------------------------------------------------------------
@@ -116,17 +117,17 @@ class ClientLinks:
         transport = public.transport
         if transport is None:
             return None
-        identifier = head.identifier.decode("latin-1")
-        if not identifier or not self.registry.knows(identifier):
+        key = self.registry.owner(head.identifier.decode("latin-1"))
+        if key is None:
             return self._refuse(transport)
-        existing = self._links.get(identifier)
+        existing = self._links.get(key)
         if existing is None:
-            self._accept(identifier, transport, extra)
+            self._accept(key, transport, extra)
             return None
         # Duplicate identifier: keep a live client, replace a dead one (no kick-both flapping).
         transport.pause_reading()
         task = asyncio.get_running_loop().create_task(
-            self._resolve_duplicate(existing, identifier, transport, extra)
+            self._resolve_duplicate(existing, key, transport, extra)
         )
         task.add_done_callback(_report)
         return None
@@ -135,7 +136,7 @@ class ClientLinks:
         """Answer an unknown identifier; an address that keeps guessing is cut off."""
         self.refused += 1
         self._notify(
-            "<unregistered client>",
+            UNREGISTERED,
             ServerState.UNKNOWN,
             ServerState.CLOSED,
             ConnectionRefusedError("no host associated for identifier"),
@@ -156,7 +157,7 @@ class ClientLinks:
         return None
 
     async def _resolve_duplicate(
-        self, existing: ClientLink, identifier: str, transport: asyncio.Transport, extra: bytes
+        self, existing: ClientLink, key: str, transport: asyncio.Transport, extra: bytes
     ) -> None:
         try:
             await asyncio.wait_for(existing.session.ping(), self.duplicate_ping_timeout)
@@ -165,47 +166,53 @@ class ClientLinks:
             alive = False
         if transport.is_closing():
             return
-        if alive and self._links.get(identifier) is existing:
+        if alive and self._links.get(key) is existing:
             logger.warning("refused a second client for %s: the first one is alive", existing.label)
             transport.write(error_response(502, "control conn already exist. \n", close=True))
             transport.close()
             return
-        if self._links.get(identifier) is existing:
+        if self._links.get(key) is existing:
             logger.warning("replacing the unresponsive client for %s", existing.label)
             existing.disconnect(SessionClosedError("replaced by a new connection"))
         transport.resume_reading()
-        self._accept(identifier, transport, extra)
+        self._accept(key, transport, extra)
 
-    def _accept(self, identifier: str, transport: asyncio.Transport, extra: bytes) -> None:
+    def _accept(self, key: str, transport: asyncio.Transport, extra: bytes) -> None:
         transport.write(koding.CONNECTED_RESPONSE)
-        link = ClientLink(self, identifier)
-        self._links[identifier] = link
+        link = ClientLink(self, key)
+        self._links[key] = link
         link.start(transport, extra)
 
     # -- events from links ---------------------------------------------------------------
 
     def link_connected(self, link: ClientLink) -> None:
         logger.info("client for %s connected from %s", link.label, link.peer)
-        self._set_state(link.identifier, ServerState.CONNECTED)
+        self._set_state(link.key, ServerState.CONNECTED)
 
     def link_gone(self, link: ClientLink, error: BaseException | None) -> None:
-        if self._links.get(link.identifier) is link:
-            del self._links[link.identifier]
+        if self._links.get(link.key) is link:
+            del self._links[link.key]
         logger.info("client for %s disconnected: %s", link.label, error)
-        self._set_state(link.identifier, ServerState.CLOSED, error)
+        self._set_state(link.key, ServerState.CLOSED, error, link.label)
 
     def client_leaving(self, link: ClientLink) -> None:
-        self._on_client_leaving(link.identifier)
+        self._on_client_leaving(link.key)
 
     def _set_state(
-        self, identifier: str, state: ServerState, error: BaseException | None = None
+        self,
+        key: str,
+        state: ServerState,
+        error: BaseException | None = None,
+        label: str | None = None,
     ) -> None:
-        previous = self._states.get(identifier, ServerState.UNKNOWN)
-        if identifier in self._links or self.registry.knows(identifier):
-            self._states[identifier] = state
+        previous = self._states.get(key, ServerState.UNKNOWN)
+        if key in self._links or self.registry.has_key(key):
+            self._states[key] = state
         else:
-            self._states.pop(identifier, None)  # its hosts are gone: forget it
-        self._notify(self.registry.label(identifier), previous, state, error)
+            self._states.pop(key, None)  # its routes are gone: forget it
+        if label is None or self.registry.has_key(key):
+            label = self.registry.label(key)
+        self._notify(label, previous, state, error)
 
     def _notify(
         self,
@@ -228,10 +235,11 @@ class ClientLinks:
 class ClientLink:
     """One connected client: its yamux session, control stream and stream waiters."""
 
-    def __init__(self, links: ClientLinks, identifier: str) -> None:
+    def __init__(self, links: ClientLinks, key: str) -> None:
         self._links = links
-        self.identifier = identifier
-        self.label = links.registry.label(identifier)
+        #: The client key (a digest; the identifier is never kept).
+        self.key = key
+        self.label = links.registry.label(key)
         self.connected = False
         self.draining = False
         self.connected_at = 0.0

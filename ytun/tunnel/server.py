@@ -18,7 +18,14 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import SessionClosedError
+from ..errors import HostTakenError, InvalidHostError, SessionClosedError
+from ..registry import MemoryRegistry, Registry, Route
+from ..registry.names import (
+    normalize_host,
+    normalize_name,
+    normalize_subdomain,
+    random_subdomain,
+)
 from ..yamux import Config
 from . import koding
 from .access import AccessLog, AccessLogSetting, open_access_log
@@ -29,7 +36,6 @@ from .http1 import MAX_HEAD_SIZE, RequestHead, error_response
 from .limits import default_max_connections
 from .links import ClientLink, ClientLinks, ServerState, ServerStateChange
 from .ratelimit import TokenBuckets
-from .registry import MemoryRegistry, Registry
 from .splice import AnswerAndClose
 from .tcp import TcpListeners
 from .tls import TlsListener
@@ -37,6 +43,10 @@ from .tls import TlsListener
 logger = logging.getLogger("ytun.server")
 
 AT_CAPACITY_ANSWER = error_response(503, "server at capacity, try again later", close=True)
+
+#: Random subdomains tried before add_subdomain gives up (each is free with odds of about
+#: 1 - hosts / 36**8, so a second try is already rare).
+SUBDOMAIN_ATTEMPTS = 16
 
 __all__ = ["ClientInfo", "Server", "ServerState", "ServerStateChange"]
 
@@ -64,6 +74,7 @@ class Server:
         self,
         *,
         registry: Registry | None = None,
+        domain: str | None = None,
         yamux_config: Config | None = None,
         forwarded_headers: bool = True,
         trust_forwarded: Iterable[str | Network] = (),
@@ -79,7 +90,11 @@ class Server:
         refusal_burst: int = 10,
         on_state_change: Callable[[ServerStateChange], None] | None = None,
     ) -> None:
+        #: Who owns which route; the server keys its clients by the registry's client keys.
         self.registry = registry if registry is not None else MemoryRegistry()
+        #: The wildcard domain (``*.domain`` points here): add_subdomain() hands out names
+        #: under it, and names deeper than a registered subdomain route to its owner.
+        self.domain = normalize_name(domain) if domain else None
         #: Replace the public client's X-Forwarded-*/Forwarded fields with ours and mark
         #: requests with Via; False forwards request heads untouched.
         self.forwarded_headers = forwarded_headers
@@ -120,12 +135,64 @@ class Server:
 
     # -- configuration -------------------------------------------------------------------
 
-    def add_host(self, host: str, identifier: str) -> None:
-        """Route requests whose Host is ``host`` (``name`` or ``name:port``) to a client."""
-        self.registry.add_host(host, identifier)
+    def add_host(self, host: str, identifier: str | None = None, *, replace: bool = True) -> str:
+        """Route requests whose Host is ``host`` (``name`` or ``name:port``) to the client
+        with ``identifier``; a fresh one (``secrets.token_urlsafe(32)``) when None.
+        Returns the identifier. Raises ``InvalidHostError`` for a bad name, and
+        ``HostTakenError`` if ``replace`` is False and another client owns the host."""
+        if identifier is None:
+            identifier = secrets.token_urlsafe(32)
+        self.registry.add_host(host, identifier, replace=replace)
+        return identifier
 
-    def delete_host(self, host: str) -> None:
-        self.registry.delete_host(host)
+    def add_subdomain(self, label: str | None = None) -> tuple[str, str]:
+        """Register ``label.domain`` (a random free label when None) for a new client;
+        returns ``(host, identifier)``. Raises ``InvalidHostError`` without a domain or
+        for a bad label, ``HostTakenError`` if the label is taken."""
+        if self.domain is None:
+            raise InvalidHostError("subdomains need the server's domain (--domain)")
+        if label is not None:
+            host = f"{normalize_subdomain(label)}.{self.domain}"
+            return host, self.add_host(host, replace=False)
+        for _ in range(SUBDOMAIN_ATTEMPTS):
+            host = f"{random_subdomain()}.{self.domain}"
+            if self.registry.host_key(host) is None:
+                return host, self.add_host(host, replace=False)
+        raise HostTakenError(f"no free subdomain of {self.domain} found; try again")
+
+    def delete_host(self, host: str) -> bool:
+        """Stop routing ``host``; True if it was routed. Its client is disconnected when
+        this was its last route (it could not be reached any more); a client with other
+        routes stays connected for them."""
+        try:
+            name = normalize_host(host)
+        except InvalidHostError:
+            return False  # never stored
+        key = self.registry.host_key(name)
+        deleted = self.registry.delete_host(name)
+        if key is not None:
+            self._disconnect_if_unrouted(key)
+        return deleted
+
+    def hosts(self) -> list[Route]:
+        """Every virtual host with its client's label (no identifiers, no keys)."""
+        return self.registry.hosts()
+
+    def tcp_routes(self) -> list[Route]:
+        """Every TCP route with its client's label (no identifiers, no keys)."""
+        return self.registry.tcp_routes()
+
+    async def flush(self) -> None:
+        """Wait until the registry has stored every change (see ``Registry.flush``)."""
+        await self.registry.flush()
+
+    def _disconnect_if_unrouted(self, key: str) -> None:
+        if self.registry.has_key(key):
+            return
+        link = self._links.get(key)
+        if link is not None:
+            logger.info("disconnecting the client for %s: it has no route left", link.label)
+            link.disconnect(SessionClosedError("its last route was deleted"))
 
     async def add_addr(
         self, address: str | socket.socket, identifier: str, *, ip: str | None = None
@@ -137,8 +204,12 @@ class Server:
 
     def delete_addr(self, port: int, *, ip: str | None = None) -> None:
         """Remove a TCP route; the listener closes when no port route is left on it.
-        Connections already open carry on."""
+        Connections already open carry on; the client is disconnected if this was its
+        last route."""
+        key = self.registry.lookup_addr(ip if ip is not None else "", port)
         self._tcp.delete(port, ip)
+        if key is not None:
+            self._disconnect_if_unrouted(key)
 
     # -- observing -----------------------------------------------------------------------
 
@@ -161,16 +232,18 @@ class Server:
         return self._public.in_flight
 
     def is_connected(self, identifier: str) -> bool:
-        return self._links.get(identifier) is not None
+        """True if the client with ``identifier`` is connected."""
+        return self._links.get(self.registry.key_for(identifier)) is not None
 
     # -- the front door's port (what PublicProtocol may use) -----------------------------
 
     def lookup_host(self, host: str) -> str | None:
-        return self.registry.lookup_host(host)
+        """The client key for a Host header value (with this server's wildcard domain)."""
+        return self.registry.lookup_host(host, self.domain)
 
-    def link_for(self, identifier: str) -> ClientLink | None:
-        """The connected client for ``identifier``, if any."""
-        return self._links.get(identifier)
+    def link_for(self, key: str) -> ClientLink | None:
+        """The connected client with client key ``key`` (``registry.key_for``), if any."""
+        return self._links.get(key)
 
     def control_connect(
         self, public: PublicProtocol, head: RequestHead, extra: bytes

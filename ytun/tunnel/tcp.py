@@ -9,11 +9,11 @@ import socket
 import time
 from collections.abc import Callable
 
+from ..registry import Registry
 from . import koding
 from .access import AccessLog
 from .addr import split_host_port
 from .links import ClientLink
-from .registry import Registry
 from .splice import Pipe, PipeEnd
 
 logger = logging.getLogger("ytun.server")
@@ -142,8 +142,8 @@ class _TcpPublic(PipeEnd):
             peer = transport.get_extra_info("peername")
             self._peer = peer[0] if isinstance(peer, tuple) else "-"
             self._port = port
-        identifier = self._registry.lookup_addr(ip, port)
-        link = self._link_for(identifier) if identifier is not None else None
+        key = self._registry.lookup_addr(ip, port)
+        link = self._link_for(key) if key is not None else None
         if link is None:
             logger.warning("no client for TCP connection on %s:%d; closing", ip, port)
             transport.close()
