@@ -180,3 +180,44 @@ async def test_a_guard_checks_every_route_but_public_ones() -> None:
     assert _status_and_json(wrong_method)[0] == 401
     assert _status_and_json(right) == (200, {"ok": True})
     assert _status_and_json(public) == (200, {"ok": True})
+
+
+async def test_a_guard_answers_unknown_paths_too() -> None:
+    """Without the token, a 404 would tell which paths exist: the guard answers first."""
+
+    def guard(request: web.Request) -> web.Response | None:
+        if request.headers.get("authorization") == "Bearer right":
+            return None
+        return web.error_response(401, "a token is needed")
+
+    router = web.Router(guard)
+    server, port = await _server(router)
+    close = b"Host: h\r\nConnection: close\r\n"
+    without = await _exchange(port, b"GET /nowhere HTTP/1.1\r\n" + close + b"\r\n")
+    right = await _exchange(
+        port, b"GET /nowhere HTTP/1.1\r\n" + close + b"Authorization: Bearer right\r\n\r\n"
+    )
+    server.close()
+    assert _status_and_json(without)[0] == 401
+    assert _status_and_json(right)[0] == 404
+
+
+async def test_a_204_carries_no_body_and_no_length() -> None:
+    async def gone(request: web.Request) -> web.Response:
+        return web.Response(204, b"ignored")
+
+    router = web.Router()
+    router.add("DELETE", "/thing", gone)
+    router.add("GET", "/thing", gone)
+    server, port = await _server(router)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    # Two on one connection: the second answer starts right after the first head.
+    for method in (b"DELETE", b"GET"):
+        writer.write(method + b" /thing HTTP/1.1\r\nHost: h\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 204 No Content\r\n")
+        assert b"content-length" not in head.lower()
+        assert b"content-type" not in head.lower()
+    writer.close()
+    server.close()
+    assert not await asyncio.wait_for(reader.read(), 5)

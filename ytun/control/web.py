@@ -31,6 +31,8 @@ MAX_BODY_SIZE = 64 * 1024
 REQUEST_TIMEOUT = 10.0
 #: A keep-alive connection with no request is closed after this time.
 IDLE_TIMEOUT = 60.0
+#: Answers that never carry a body (nor the fields describing one).
+NO_BODY_STATUSES = frozenset({204, 304})
 
 
 @dataclass
@@ -94,8 +96,8 @@ Guard = Callable[[Request], Response | None]
 class Router:
     """Method + path pattern → handler. ``{name}`` matches one path segment, URL-decoded.
 
-    With a ``guard`` (authentication), every route but those added with ``public=True``
-    is checked by it first."""
+    With a ``guard`` (authentication), every request is checked by it first, unknown
+    paths included, unless its path matches a route added with ``public=True``."""
 
     def __init__(self, guard: Guard | None = None) -> None:
         self._guard = guard
@@ -109,15 +111,19 @@ class Router:
         self._routes.append((method.upper(), re.compile(f"^{regex}$"), handler, public))
 
     async def dispatch(self, request: Request) -> Response | EventStream:
+        matches = [
+            (method, match, handler, public)
+            for method, regex, handler, public in self._routes
+            if (match := regex.match(request.path)) is not None
+        ]
+        if self._guard is not None and not any(public for *_, public in matches):
+            # Before 404 and 405: without a token nothing is learnt, not even which
+            # paths exist.
+            refusal = self._guard(request)
+            if refusal is not None:
+                return refusal
         allowed: list[str] = []
-        for method, regex, handler, public in self._routes:
-            match = regex.match(request.path)
-            if match is None:
-                continue
-            if self._guard is not None and not public:
-                refusal = self._guard(request)
-                if refusal is not None:  # before 404/405: no route is probed without a token
-                    return refusal
+        for method, match, handler, _ in matches:
             if method != request.method:
                 allowed.append(method)
                 continue
@@ -260,17 +266,21 @@ class WebProtocol(asyncio.Protocol):
         if self._transport is None:
             return
         reason = HTTPStatus(response.status).phrase
-        lines = [
-            f"HTTP/1.1 {response.status} {reason}",
-            f"Content-Type: {response.content_type}",
-            f"Content-Length: {len(response.body)}",
-            "Cache-Control: no-store",
-        ]
+        lines = [f"HTTP/1.1 {response.status} {reason}"]
+        body = response.body
+        if response.status in NO_BODY_STATUSES:
+            body = b""  # RFC 9110: no body, and no Content-Length, after 204 and 304
+        else:
+            lines += [
+                f"Content-Type: {response.content_type}",
+                f"Content-Length: {len(body)}",
+            ]
+        lines.append("Cache-Control: no-store")
         lines += [f"{name}: {value}" for name, value in response.headers.items()]
         if not keep_alive:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self._transport.write(head + response.body)
+        self._transport.write(head + body)
         if not keep_alive:
             self._transport.close()
 
