@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import secrets
@@ -40,7 +39,7 @@ from .settings import (
 )
 from .tunnel import Client, ClientStateChange, Server
 from .tunnel.access import open_access_log
-from .tunnel.addr import split_host_port
+from .tunnel.addr import is_loopback, split_host_port
 from .tunnel.limits import raise_fd_limit
 
 logger = logging.getLogger("ytun")
@@ -714,20 +713,6 @@ def _client_identifier(
         f"no identifier: give --identifier-file FILE, ${IDENTIFIER_VARIABLE}, or identifier_file "
         f"in --config (--identifier works too, but is {VISIBLE})"
     )
-
-
-def is_loopback(host: str) -> bool:
-    """True when ``host`` names this machine, so nothing sent to it crosses a network."""
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False  # a name: it may resolve anywhere
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 def make_client(
