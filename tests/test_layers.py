@@ -23,7 +23,7 @@ LAYERS = [
     ("ytun.registry",),
     ("ytun.tunnel",),
     ("ytun.control",),
-    ("ytun", "ytun.cli", "ytun.settings", "ytun.demo", "ytun.__main__"),
+    ("ytun", "ytun.cli", "ytun.admin_commands", "ytun.settings", "ytun.demo", "ytun.__main__"),
 ]
 
 
