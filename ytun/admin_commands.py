@@ -33,15 +33,22 @@ logger = logging.getLogger("ytun")
 ADMIN_COMMANDS = ("hosts", "tcp", "clients")
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8001"
 
-ADMIN_EXAMPLES = f"""\
+HOSTS_EXAMPLES = """\
 examples:
-  ytun hosts add app.example.com
-  ytun hosts add --subdomain app --admin https://tunnel.example.com:8001 --token-file ~/.ytun/admin
-  ytun hosts rm app.example.com
-  ytun hosts ls --json
+  ytun hosts add --subdomain app
+  ytun hosts ls --admin https://tunnel.example.com:8001 --token-file ~/.ytun/admin.token
+"""
+
+TCP_EXAMPLES = """\
+examples:
   ytun tcp add 2222
+  ytun tcp rm 2222
+"""
+
+CLIENTS_EXAMPLES = """\
+examples:
   ytun clients
-The token comes from --token-file or ${ADMIN_TOKEN_VARIABLE}; none is sent without either.
+  ytun clients --json --admin http://127.0.0.1:8001
 """
 
 SECRET_NOTE = (
@@ -71,7 +78,9 @@ def add_admin_commands(commands: Any) -> None:
         help="CA bundle (PEM) to verify an https admin API with (default: the system's)",
     )
     common.add_argument(
-        "--json", action="store_true", help="print the API's JSON answer as it came"
+        "--json",
+        action="store_true",
+        help="print the API's JSON answer as it came (default: a table for people)",
     )
     formatter = argparse.RawDescriptionHelpFormatter
 
@@ -80,16 +89,23 @@ def add_admin_commands(commands: Any) -> None:
         help="add, remove or list virtual hosts through the admin API",
         description="Virtual hosts of a running server, through its admin API (ytun server "
         "--admin). A new host comes with a fresh identifier, shown once.",
-        epilog=ADMIN_EXAMPLES,
+        epilog=HOSTS_EXAMPLES,
         formatter_class=formatter,
     )
-    actions = hosts.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = hosts.add_subparsers(
+        dest="action", metavar="ACTION", required=True, help="add, rm or ls (default: none)"
+    )
     add = actions.add_parser(
         "add",
         parents=[common],
         help="register a host: HOST, --subdomain NAME, or a random subdomain",
     )
-    add.add_argument("host", nargs="?", metavar="HOST", help="NAME or NAME:PORT")
+    add.add_argument(
+        "host",
+        nargs="?",
+        metavar="HOST",
+        help="NAME or NAME:PORT (default: --subdomain, else a random subdomain)",
+    )
     add.add_argument(
         "--subdomain", metavar="NAME", help="NAME.<the server's --domain> instead of HOST"
     )
@@ -106,10 +122,12 @@ def add_admin_commands(commands: Any) -> None:
         help="add, remove or list TCP routes through the admin API",
         description="TCP routes of a running server, through its admin API. A new route "
         "listens at once and comes with a fresh identifier, shown once.",
-        epilog=ADMIN_EXAMPLES,
+        epilog=TCP_EXAMPLES,
         formatter_class=formatter,
     )
-    actions = tcp.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = tcp.add_subparsers(
+        dest="action", metavar="ACTION", required=True, help="add, rm or ls (default: none)"
+    )
     add = actions.add_parser(
         "add",
         parents=[common],
@@ -126,7 +144,7 @@ def add_admin_commands(commands: Any) -> None:
         help="list the connected clients through the admin API",
         description="The connected clients of a running server: label (one of its hosts), "
         "address, connected since, open streams, bytes in and out.",
-        epilog=ADMIN_EXAMPLES,
+        epilog=CLIENTS_EXAMPLES,
         formatter_class=formatter,
     )
 

@@ -78,14 +78,12 @@ SERVER_EXAMPLES = """\
 examples:
   ytun server --config /etc/ytun/server.toml --state /var/lib/ytun/state.db
   ytun server --listen 127.0.0.1:8000 --host app.localhost:8000=dev-secret
-  ytun server --domain tunnel.example.com --admin 127.0.0.1:8001 --state state.db
 """
 
 CLIENT_EXAMPLES = f"""\
 examples:
   {IDENTIFIER_VARIABLE}=dev-secret ytun client --server 127.0.0.1:8000 --local 127.0.0.1:3000
   ytun client --server tunnel.example.com:443 --tls --identifier-file ~/.ytun/id
-  ytun client --server 127.0.0.1:8000 --register http://127.0.0.1:8001 --local 127.0.0.1:3000
 """
 
 DEMO_EXAMPLES = """\
