@@ -1,5 +1,6 @@
 """The package's layers, checked from the source: no import circle anywhere in ``ytun``,
-and each layer imports only the ones below it (codec < yamux < registry < tunnel < control < command line)."""
+and each layer imports only the ones below it (codec < yamux < registry < tunnel <
+control < command line)."""
 
 from __future__ import annotations
 
