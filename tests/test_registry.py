@@ -165,6 +165,8 @@ def test_without_replace_the_same_owner_is_fine(registry: Registry) -> None:
 
 def test_delete_host_is_case_insensitive_and_says_if_it_was_there(registry: Registry) -> None:
     registry.add_host("app.example.com", "secret-1")
+    registry.add_host("app.example.com:8080", "secret-1")
+    assert registry.delete_host("App.Example.Com:08080") is True  # the stored form
     assert registry.delete_host("App.Example.Com") is True
     assert registry.lookup_host("app.example.com") is None
     assert not registry.has_host(registry.key_for("secret-1"))

@@ -92,7 +92,10 @@ class MemoryRegistry(Registry):
         return host
 
     def delete_host(self, host: str) -> bool:
-        name = host.lower()
+        try:
+            name = normalize_host(host)  # the stored form: "App.test:08080" is app.test:8080
+        except InvalidHostError:
+            return False  # never stored
         if name not in self._hosts:
             return False
         self._store_host(name, None)

@@ -56,9 +56,7 @@ class SqliteRegistry(MemoryRegistry):
         self._db: sqlite3.Connection | None = None
         super().__init__(salt=b"\0")  # replaced by the stored salt below
         try:
-            self._db = sqlite3.connect(
-                self.path, timeout=LOCK_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
+            self._db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT, isolation_level=None)
             self._open(self._db)
         except sqlite3.Error as exc:
             self.close()
