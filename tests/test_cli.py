@@ -798,7 +798,7 @@ def test_every_flag_has_help_with_its_default():
     assert checked > 20
 
 
-@pytest.mark.parametrize("command", ["server", "client", "demo"])
+@pytest.mark.parametrize("command", ["server", "client", "demo", "hosts", "tcp", "clients"])
 def test_each_help_ends_with_two_examples(ytun_cli, command):
     process = ytun_cli(command, "--help")
     assert process.finish(STARTUP) == 0

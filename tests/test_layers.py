@@ -1,6 +1,6 @@
 """The package's layers, checked from the source: no import circle anywhere in ``ytun``,
-and each layer imports only the ones below it (codec < yamux < registry < tunnel < cluster <
-command line)."""
+and each layer imports only the ones below it (codec < yamux < registry < tunnel <
+control, inspector < cluster < command line)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ LAYERS = [
     ("ytun.yamux",),
     ("ytun.registry",),
     ("ytun.tunnel",),
+    ("ytun.control",),
     ("ytun.cluster",),
-    ("ytun", "ytun.cli", "ytun.settings", "ytun.demo", "ytun.__main__"),
+    ("ytun", "ytun.cli", "ytun.admin_commands", "ytun.settings", "ytun.demo", "ytun.__main__"),
 ]
 
 

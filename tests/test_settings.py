@@ -291,3 +291,25 @@ def test_a_bare_port_says_how_to_write_both_meanings():
         check_listen_address("8000", "--listen")
     assert ":8000 for every interface" in str(raised.value)
     assert "127.0.0.1:8000 for this machine only" in str(raised.value)
+
+
+def test_admin_keys_are_checked(tmp_path):
+    loaded = load_server_file(
+        write(tmp_path, '[server]\nadmin = "127.0.0.1:8001"\nadmin_token_file = "t"\n')
+    )
+    assert (loaded.admin, loaded.admin_token_file) == ("127.0.0.1:8001", tmp_path / "t")
+    with pytest.raises(ConfigError, match=r"server\.admin needs HOST:PORT"):
+        load_server_file(write(tmp_path, '[server]\nadmin = "8001"\n'))
+    with pytest.raises(ConfigError, match=r"client\.register the admin API URL must be http"):
+        load_client_file(write(tmp_path, '[client]\nregister = "ftp://x"\n'))
+
+
+def test_with_register_a_missing_identifier_file_is_where_the_identifier_goes(tmp_path):
+    text = '[client]\nregister = "http://127.0.0.1:8001"\nidentifier_file = "id"\n'
+    loaded = load_client_file(write(tmp_path, text))
+    assert (loaded.identifier, loaded.identifier_file) == (None, tmp_path / "id")
+    (tmp_path / "id").write_text("kept\n")
+    assert load_client_file(write(tmp_path, text)).identifier == "kept"
+    (tmp_path / "id").unlink()
+    with pytest.raises(ConfigError, match="identifier_file names an unusable file"):
+        load_client_file(write(tmp_path, '[client]\nidentifier_file = "id"\n'))

@@ -1,12 +1,11 @@
-"""ytun server | client | demo: a reverse tunnel for HTTP, WebSocket and TCP,
-wire-compatible with koding/tunnel."""
+"""ytun server | client | hosts | tcp | clients | demo: a reverse tunnel for HTTP,
+WebSocket and TCP, wire-compatible with koding/tunnel."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import secrets
@@ -19,23 +18,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from ssl import SSLContext
 from typing import Any
+from urllib.parse import urlsplit
 
 from ._version import __version__
+from .admin_commands import (
+    ADMIN_COMMANDS,
+    Registration,
+    add_admin_commands,
+    admin_command,
+    admin_failure,
+    admin_token,
+    register,
+    unregister,
+)
 from .cluster import Supervisor, Worker, WorkerSettings, listen_shared, reserve_port, sharing
 from .cluster.hop import MIN_SECRET
 from .cluster.node import Node
 from .cluster.worker import WORKER_VARIABLE
+from .control.admin import AdminApi
 from .demo import start_demo_app
-from .errors import IdentifierRefusedError, RegistryError
+from .errors import AdminError, IdentifierRefusedError, RegistryError
 from .registry import MemoryRegistry, Registry, SqliteRegistry
+from .registry.names import normalize_subdomain
 from .registry.redis import RedisRegistry
 from .settings import (
+    ADMIN_TOKEN_VARIABLE,
+    IDENTIFIER_VARIABLE,
     LOG_LEVELS,
     SERVER_KEYS,
     ClientFile,
     ServerFile,
     UsageError,
     check_address,
+    check_admin_url_value,
     check_domain,
     check_identifier,
     check_listen_address,
@@ -50,14 +65,13 @@ from .settings import (
 )
 from .tunnel import Client, ClientStateChange, Server
 from .tunnel.access import open_access_log
-from .tunnel.addr import split_host_port
+from .tunnel.addr import is_loopback, split_host_port
 from .tunnel.limits import raise_fd_limit
 from .tunnel.peers import Peers
 
 logger = logging.getLogger("ytun")
 
-#: Where ``ytun client`` looks for its identifier when no flag names one.
-IDENTIFIER_VARIABLE = "YTUN_IDENTIFIER"
+#: Where ``ytun server --registry`` looks for the cluster secret when no file is named.
 CLUSTER_SECRET_VARIABLE = "YTUN_CLUSTER_SECRET"
 
 DEFAULT_LISTEN = "127.0.0.1:8000"
@@ -208,6 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
         "certificates against this CA bundle (default: the system's)",
     )
     server.add_argument(
+        "--admin",
+        metavar="HOST:PORT",
+        help="serve the admin API (hosts, TCP routes, clients; JSON over HTTP) on this "
+        "address, a listener of its own; an address other machines reach needs a token "
+        "(default: none)",
+    )
+    server.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        type=Path,
+        help=f"the admin API's bearer token, on one line (default: ${ADMIN_TOKEN_VARIABLE}, "
+        "then admin_token_file in --config; without one the API is open to every user of "
+        "this machine)",
+    )
+    server.add_argument(
         "--tls-cert", metavar="FILE", help="certificate chain (PEM) to serve TLS (default: none)"
     )
     server.add_argument(
@@ -334,12 +363,34 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"give up a connection attempt after this long (default: {DEFAULT_DIAL_TIMEOUT:g})",
     )
     client.add_argument(
+        "--register",
+        metavar="URL",
+        help="ask the server's admin API at URL for a host and its identifier before "
+        "connecting, and print the public URL; with --identifier-file the identifier is "
+        "written there and reused by the next runs, without it the host is deleted when "
+        "the client stops (default: none)",
+    )
+    client.add_argument(
+        "--subdomain",
+        metavar="NAME",
+        help="with --register: the subdomain to ask for (default: a random free one)",
+    )
+    client.add_argument(
+        "--token-file",
+        metavar="FILE",
+        type=Path,
+        help=f"with --register: the admin API's bearer token (default: ${ADMIN_TOKEN_VARIABLE}, "
+        "then token_file in --config)",
+    )
+    client.add_argument(
         "--exit-on-refused",
         action=argparse.BooleanOptionalAction,
         help="exit with status 2 when the server does not know the identifier, instead of "
         "retrying (default: on)",
     )
     _log_level_flag(client)
+
+    add_admin_commands(commands)
 
     demo = commands.add_parser(
         "demo",
@@ -418,6 +469,9 @@ class ServerConfig:
     cluster_secret: bytes = field(default=b"", repr=False)
     #: TLS on the hop (the server has a certificate): how the other nodes are checked.
     cluster_dial_ssl: SSLContext | None = None
+    #: Where the admin API listens (host None: every interface), or None for no API.
+    admin: tuple[str | None, int] | None = None
+    admin_token: str | None = field(default=None, repr=False)
     # Identifiers: kept out of repr().
     flag_hosts: dict[str, str] = field(default_factory=dict, repr=False)
     flag_tcp: dict[str, str] = field(default_factory=dict, repr=False)
@@ -432,7 +486,8 @@ class ServerConfig:
         return hosts, tcp
 
 
-def server_config(args: argparse.Namespace) -> ServerConfig:
+def server_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> ServerConfig:
+    environ = dict(os.environ) if environ is None else environ
     file = load_server_file(args.config) if args.config is not None else None
     flag_hosts: dict[str, str] = {}
     for value in args.host:
@@ -481,6 +536,12 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         )
     registry, cluster_listen, advertise, secret = _cluster_options(args, file, state, workers)
     cluster_dial_ssl = _cluster_tls(args, file, context, registry)
+    admin, admin_token = _admin_listener(args, environ, file, (listen_host, listen_port))
+    if admin is not None and workers > 1:
+        raise UsageError(
+            "--admin changes the routes of one process: with --workers each worker has its "
+            "own; use one worker (or --registry, one process per server)"
+        )
     return ServerConfig(
         listen_host=listen_host,
         listen_port=listen_port,
@@ -517,6 +578,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         cluster_advertise=advertise,
         cluster_secret=secret,
         cluster_dial_ssl=cluster_dial_ssl,
+        admin=admin,
+        admin_token=admin_token,
     )
 
 
@@ -586,6 +649,39 @@ def _cluster_options(
     return registry, address, advertise, secret
 
 
+def _admin_listener(
+    args: argparse.Namespace,
+    environ: dict[str, str],
+    file: ServerFile | None,
+    listen: tuple[str | None, int],
+) -> tuple[tuple[str | None, int] | None, str | None]:
+    """The admin API's address and token; refused beyond loopback without a token."""
+    value = _pick(args.admin, file and file.admin, None)
+    if value is None:
+        if args.admin_token_file is not None:
+            raise UsageError("--admin-token-file goes with --admin HOST:PORT")
+        return None, None
+    host, port = check_listen_address(value, "--admin")
+    if (host, port) == listen:
+        raise UsageError(
+            f"--admin {value} is the public listener's address: the admin API needs its own"
+        )
+    token = admin_token(
+        args.admin_token_file,
+        "--admin-token-file",
+        environ,
+        file.admin_token_file if file else None,
+        "admin_token_file",
+    )
+    if token is None and (host is None or not is_loopback(host)):
+        raise UsageError(
+            f"--admin {value} is reachable from other machines, and anyone who reaches the "
+            f"admin API owns the tunnel: give --admin-token-file FILE or ${ADMIN_TOKEN_VARIABLE}, "
+            "or listen on a loopback address such as 127.0.0.1"
+        )
+    return (host, port), token
+
+
 def _positive(value: float, what: str) -> float:
     if value <= 0:
         raise UsageError(f"{what} must be more than zero seconds")
@@ -640,6 +736,8 @@ class RunningServer:
         self.hosts: dict[str, str] = {}
         #: TCP route as configured -> (its identifier, the port it is bound to)
         self.tcp: dict[str, tuple[str, int]] = {}
+        #: The admin API's listener (--admin), if any.
+        self.admin: asyncio.AbstractServer | None = None
         self._reloading = asyncio.Lock()
         #: This server's place among the nodes of a --registry cluster.
         self.node: Node | None = None
@@ -783,6 +881,11 @@ async def start_server(config: ServerConfig, worker: Worker | None = None) -> Ru
         if node is not None:
             await server.flush()
             await node.attach(server)
+        if config.admin is not None:
+            api = admin_api(server, config)
+            # Other parts of the server add their routes to api.router here, before it
+            # serves (public ones, such as health checks, with public=True).
+            running.admin = await _serve_admin(api, config.admin)
     except BaseException:
         if node is not None:
             await node.close()
@@ -837,6 +940,34 @@ async def start_node(config: ServerConfig) -> Node:
     return node
 
 
+def admin_api(server: Server, config: ServerConfig) -> AdminApi:
+    """The admin API of ``server``; its URLs are those of the public listener."""
+    return AdminApi(
+        server,
+        token=config.admin_token,
+        public_scheme="https" if config.ssl else "http",
+        public_port=config.listen_port,
+        tcp_host=config.listen_host or "",
+    )
+
+
+async def _serve_admin(api: AdminApi, address: tuple[str | None, int]) -> asyncio.AbstractServer:
+    host, port = address
+    try:
+        return await api.serve(host or "", port)
+    except OSError as exc:
+        shown = _address_text(host, port)
+        raise OSError(
+            exc.errno, f"cannot listen on the admin address {shown}: {exc.strerror or exc}"
+        ) from exc
+
+
+def _address_text(host: str | None, port: int) -> str:
+    if host is None:
+        return f"*:{port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def open_registry(state: Path | None, salt: str = "") -> Registry:
     """The SQLite registry of ``--state`` (a RegistryError says why it cannot be used),
     or routes in memory (with ``salt``, hex, when the workers of one server share it)."""
@@ -866,6 +997,14 @@ def _report_stored_tcp_routes(server: Server, running: RunningServer) -> None:
             )
 
 
+def _admin_line(config: ServerConfig) -> str:
+    assert config.admin is not None
+    where = _address_text(*config.admin)
+    if config.admin_token:
+        return f"ytun admin API on http://{where} (bearer token required)"
+    return f"ytun admin API on http://{where} (no token: open to every user of this machine)"
+
+
 def _listening_line(config: ServerConfig) -> str:
     scheme = "https" if config.ssl else "http"
     if config.listen_host is None:
@@ -889,6 +1028,8 @@ class ClientConfig:
     dial_timeout: float
     exit_on_refused: bool
     log_level: str
+    #: --register: ask the admin API for a host first (None: the identifier is given).
+    registration: Registration | None = None
 
 
 def client_config(args: argparse.Namespace, environ: dict[str, str]) -> ClientConfig:
@@ -922,9 +1063,18 @@ def client_config(args: argparse.Namespace, environ: dict[str, str]) -> ClientCo
             raise UsageError(
                 f"cannot use the TLS CA bundle {tls_ca}: {exc.reason or exc}"
             ) from None
+    registration = _registration(args, environ, file, context if tls_ca is not None else None)
+    if registration is None:
+        identifier = _client_identifier(args, environ, file)
+    elif registration.reused:
+        assert registration.identifier_file is not None
+        identifier = read_identifier_file(registration.identifier_file, "the identifier file")
+    else:
+        identifier = ""  # asked for when the client starts
     return ClientConfig(
         server=server,
-        identifier=_client_identifier(args, environ, file),
+        identifier=identifier,
+        registration=registration,
         local=local,
         tcp_local=tcp_local,
         ssl=context,
@@ -934,6 +1084,53 @@ def client_config(args: argparse.Namespace, environ: dict[str, str]) -> ClientCo
         ),
         exit_on_refused=_pick(args.exit_on_refused, file and file.exit_on_refused, True),
         log_level=_pick(args.log_level, file and file.log_level, DEFAULT_LOG_LEVEL),
+    )
+
+
+def _registration(
+    args: argparse.Namespace,
+    environ: dict[str, str],
+    file: ClientFile | None,
+    context: ssl.SSLContext | None,
+) -> Registration | None:
+    url = _pick(args.register, file and file.register, None)
+    subdomain = _pick(args.subdomain, file and file.subdomain, None)
+    if url is None:
+        if subdomain is not None or args.token_file is not None:
+            raise UsageError("--subdomain and --token-file go with --register URL")
+        return None
+    check_admin_url_value(url, "--register")
+    if args.identifier is not None:
+        raise UsageError(
+            "--register asks the server for an identifier: drop --identifier, or drop "
+            "--register to use the one given"
+        )
+    if subdomain is not None:
+        try:
+            subdomain = normalize_subdomain(subdomain)
+        except ValueError as exc:
+            raise UsageError(f"--subdomain: {exc}") from None
+    identifier_file: Path | None = args.identifier_file
+    if identifier_file is None and file is not None:
+        identifier_file = file.identifier_file
+    if (
+        identifier_file is not None
+        and not identifier_file.exists()
+        and not identifier_file.parent.is_dir()
+    ):
+        raise UsageError(
+            f"cannot keep the identifier in {identifier_file}: its directory does not exist"
+        )
+    token = admin_token(
+        args.token_file, "--token-file", environ, file.token_file if file else None, "token_file"
+    )
+    return Registration(
+        url=url,
+        token=token,
+        subdomain=subdomain,
+        identifier_file=identifier_file,
+        reused=identifier_file is not None and identifier_file.exists(),
+        ssl=context,
     )
 
 
@@ -953,20 +1150,6 @@ def _client_identifier(
         f"no identifier: give --identifier-file FILE, ${IDENTIFIER_VARIABLE}, or identifier_file "
         f"in --config (--identifier works too, but is {VISIBLE})"
     )
-
-
-def is_loopback(host: str) -> bool:
-    """True when ``host`` names this machine, so nothing sent to it crosses a network."""
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False  # a name: it may resolve anywhere
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 def make_client(
@@ -1053,6 +1236,8 @@ async def server_main(config: ServerConfig, settings: WorkerSettings | None = No
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
     if worker is None:
         _print(_listening_line(config))
+        if running.admin is not None:
+            _print(_admin_line(config))
         await signals.graceful.wait()
     else:
         worker.ready()
@@ -1064,6 +1249,8 @@ async def server_main(config: ServerConfig, settings: WorkerSettings | None = No
         if worker.parent_gone.is_set() and not signals.graceful.is_set():
             logger.warning("the supervising process is gone; stopping")
         worker.stop_taking()
+    if running.admin is not None:
+        running.admin.close()
     in_flight = server.in_flight
     if in_flight:
         logger.warning(
@@ -1127,6 +1314,32 @@ async def client_main(config: ClientConfig) -> int:
             logger.warning(
                 "the identifier crosses the network in cleartext to %s; use --tls", address
             )
+    registration = config.registration
+    if registration is None:
+        return await _run_client(config, signals)
+    if registration.reused:
+        _print(
+            f"ytun client: using the identifier in {registration.identifier_file}, "
+            "registered before (`ytun hosts ls` lists the hosts)"
+        )
+        return await _run_client(config, signals)
+    url = urlsplit(registration.url)
+    if registration.token and url.scheme == "http" and not is_loopback(url.hostname or ""):
+        logger.warning(
+            "the admin token crosses the network in cleartext to %s; use https",
+            url.hostname,
+        )
+    answer = await asyncio.to_thread(register, registration)
+    config.identifier = answer["identifier"]
+    _print(f"ytun client: public URL {answer['url']}")
+    try:
+        return await _run_client(config, signals)
+    finally:
+        if registration.identifier_file is None:  # this run's host goes with it
+            await asyncio.to_thread(unregister, registration, answer["host"])
+
+
+async def _run_client(config: ClientConfig, signals: StopSignals) -> int:
     last: list[ClientStateChange] = []
     client = make_client(config, last.append)
     task = asyncio.ensure_future(client.start())
@@ -1187,6 +1400,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = args.command
     log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if command in ADMIN_COMMANDS:
+        try:
+            return admin_command(args, dict(os.environ))
+        except UsageError as exc:
+            print(f"ytun {command}: {exc}", file=sys.stderr)
+            return 2
+        except AdminError as exc:
+            print(f"ytun {command}: {admin_failure(exc)}", file=sys.stderr)
+            return 1
     main_coroutine: Coroutine[Any, Any, int]
     try:
         if command == "server":
@@ -1226,6 +1448,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RegistryError as exc:
         print(f"ytun {command}: {exc}", file=sys.stderr)
+        return 1
+    except AdminError as exc:
+        print(f"ytun {command}: {admin_failure(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"ytun {command}: {exc.strerror or exc}", file=sys.stderr)

@@ -82,3 +82,20 @@ class InvalidHostError(YtunError, ValueError):
 
 class HostTakenError(YtunError):
     """The host already belongs to another client and replacing it was not asked for."""
+
+
+class AdminError(YtunError):
+    """The admin API refused a request (``status`` is its HTTP status and the message its
+    reason), or gave no usable answer (``status`` 0)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AdminUnreachableError(AdminError):
+    """No connection to the admin API (wrong address, server down, TLS failure)."""
+
+
+class UnsafeAdminListenerError(YtunError, ValueError):
+    """The admin API would listen beyond this machine without a token to guard it."""

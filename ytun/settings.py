@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .control.adminclient import check_admin_url
 from .errors import InvalidHostError
 from .registry.names import normalize_host, normalize_name
 from .tunnel.addr import split_host_port
@@ -31,6 +32,10 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Where ``ytun client`` looks for its identifier when no flag names one.
+IDENTIFIER_VARIABLE = "YTUN_IDENTIFIER"
+#: The admin API's bearer token, for the server and for the commands that call the API.
+ADMIN_TOKEN_VARIABLE = "YTUN_ADMIN_TOKEN"
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -152,6 +157,14 @@ def check_workers(value: int | str, what: str) -> int:
     return value
 
 
+def check_admin_url_value(value: str, what: str) -> str:
+    """The admin API's URL: ``http://HOST:PORT`` or ``https://…``."""
+    try:
+        return check_admin_url(value)
+    except ValueError as exc:
+        raise UsageError(f"{what}: {exc}" if what else str(exc)) from None
+
+
 #: --access-log values that are not file names.
 ACCESS_LOG_STREAMS = ("off", "stdout", "stderr")
 
@@ -167,18 +180,28 @@ def check_identifier(value: str, what: str) -> str:
 
 def read_identifier_file(path: Path, what: str) -> str:
     """The identifier in ``path``: its only line, surrounding whitespace dropped."""
+    return read_secret_file(path, what, "identifier")
+
+
+def read_token_file(path: Path, what: str) -> str:
+    """The admin API's bearer token in ``path``: its only line."""
+    return read_secret_file(path, what, "token")
+
+
+def read_secret_file(path: Path, what: str, noun: str) -> str:
+    """The one secret (``noun``) in ``path``, on one line; errors never show it."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise UsageError(f"{what} {path} is not UTF-8 text") from None
-    identifier = text.strip()
-    if not identifier:
-        raise UsageError(f"{what} {path} is empty; it should hold the identifier")
-    if any(c.isspace() for c in identifier):
-        raise UsageError(f"{what} {path} must hold one identifier on one line")
-    return check_identifier(identifier, f"{what} {path}")
+    secret = text.strip()
+    if not secret:
+        raise UsageError(f"{what} {path} is empty; it should hold the {noun}")
+    if any(c.isspace() for c in secret):
+        raise UsageError(f"{what} {path} must hold one {noun} on one line")
+    return check_identifier(secret, f"{what} {path}")
 
 
 # -- the file ---------------------------------------------------------------------------
@@ -216,6 +239,9 @@ class ServerFile:
     cluster_advertise: str | None = None
     cluster_secret_file: Path | None = None
     cluster_tls_ca: Path | None = None
+    #: HOST:PORT of the admin API, and the file holding its bearer token.
+    admin: str | None = None
+    admin_token_file: Path | None = None
 
 
 @dataclass
@@ -225,6 +251,8 @@ class ClientFile:
     path: Path
     server: str | None = None
     identifier: str | None = field(default=None, repr=False)
+    #: Where ``identifier`` came from; with ``register`` it may not exist yet.
+    identifier_file: Path | None = None
     local: str | None = None
     tcp_local: dict[int, str] = field(default_factory=dict)
     tls: bool | None = None
@@ -232,6 +260,10 @@ class ClientFile:
     dial_timeout: float | None = None
     exit_on_refused: bool | None = None
     log_level: str | None = None
+    #: The admin API to ask for a host (``--register``), its token file, the subdomain.
+    register: str | None = None
+    token_file: Path | None = None
+    subdomain: str | None = None
 
 
 class _Table:
@@ -401,6 +433,8 @@ SERVER_KEYS = (
     "cluster_advertise",
     "cluster_secret_file",
     "cluster_tls_ca",
+    "admin",
+    "admin_token_file",
     "forwarded_headers",
     "trust_forwarded",
     "access_log",
@@ -423,6 +457,9 @@ CLIENT_KEYS = (
     "tls_ca",
     "dial_timeout",
     "exit_on_refused",
+    "register",
+    "token_file",
+    "subdomain",
     "log_level",
 )
 
@@ -462,6 +499,10 @@ def load_server_file(path: Path) -> ServerFile:
         setattr(loaded, name, value)
     loaded.cluster_secret_file = table.path_value("cluster_secret_file")
     loaded.cluster_tls_ca = table.path_value("cluster_tls_ca")
+    loaded.admin = table.string("admin")
+    if loaded.admin is not None:
+        table.checked("admin", check_listen_address, loaded.admin)
+    loaded.admin_token_file = table.path_value("admin_token_file")
     loaded.forwarded_headers = table.boolean("forwarded_headers")
     loaded.trust_forwarded = table.strings("trust_forwarded")
     for network in loaded.trust_forwarded or ():
@@ -496,11 +537,17 @@ def load_client_file(path: Path) -> ClientFile:
     identifier_file = table.path_value("identifier_file")
     if identifier is not None and identifier_file is not None:
         raise table.error("identifier", "and identifier_file exclude each other; keep one")
+    loaded.register = table.string("register")
+    if loaded.register is not None:
+        table.checked("register", check_admin_url_value, loaded.register)
     if identifier is not None:
         table.checked("identifier", check_identifier, identifier)
         loaded.identifier = identifier
     elif identifier_file is not None:
-        loaded.identifier = _read_file_key(table, "identifier_file", identifier_file)
+        loaded.identifier_file = identifier_file
+        # With register, a missing file is where the identifier it gets will be kept.
+        if loaded.register is None or identifier_file.exists():
+            loaded.identifier = _read_file_key(table, "identifier_file", identifier_file)
     loaded.local = table.string("local")
     if loaded.local is not None:
         table.checked("local", check_address, loaded.local)
@@ -519,5 +566,7 @@ def load_client_file(path: Path) -> ClientFile:
     loaded.tls_ca = table.path_value("tls_ca")
     loaded.dial_timeout = table.seconds("dial_timeout")
     loaded.exit_on_refused = table.boolean("exit_on_refused")
+    loaded.token_file = table.path_value("token_file")
+    loaded.subdomain = table.string("subdomain")
     loaded.log_level = table.log_level()
     return loaded

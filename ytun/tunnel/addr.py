@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 
 def split_host_port(host: str) -> tuple[str, int]:
     """``("example.com", 8000)`` from ``example.com:8000``; port 0 when absent or invalid."""
@@ -23,3 +25,17 @@ def parse_addr(address: str, default_port: int = 80) -> tuple[str, int]:
     """``(host, port)`` from ``host[:port]``, with ``default_port`` when none is given."""
     host, port = split_host_port(address)
     return host, port or default_port
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` names this machine, so nothing sent to it crosses a network."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name: it may resolve anywhere
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback

@@ -60,6 +60,9 @@ class ClientInfo:
     peer: tuple[Any, ...] | None
     connected_at: float
     streams: int
+    #: Bytes of its tunnel connection (yamux frames): read from it, and written to it.
+    bytes_in: int = 0
+    bytes_out: int = 0
 
 
 #: A readiness check: None when fine, else why the server is not ready.
@@ -244,7 +247,14 @@ class Server:
     def clients(self) -> list[ClientInfo]:
         """The connected clients (labelled by host, never by identifier)."""
         return [
-            ClientInfo(link.label, link.peer, link.connected_at, link.streams)
+            ClientInfo(
+                link.label,
+                link.peer,
+                link.connected_at,
+                link.streams,
+                link.session.bytes_in,
+                link.session.bytes_out,
+            )
             for link in self._links
             if link.connected
         ]

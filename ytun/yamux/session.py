@@ -96,6 +96,9 @@ class Session(asyncio.Protocol):
         self._ping_ids = itertools.count(1)
         self._keepalive: asyncio.TimerHandle | None = None
         self._received = False
+        #: Bytes read from and written to the connection (frames and headers included).
+        self.bytes_in = 0
+        self.bytes_out = 0
         #: Why the session ended, or None while it runs (read it as :attr:`error`).
         self._error: BaseException | None = None
         self._closed = self._loop.create_future()
@@ -156,6 +159,7 @@ class Session(asyncio.Protocol):
         # small frames would hold the loop for seconds, with every other session waiting.
         # Past the budget, stop reading until the loop has gone round once.
         self._fed += len(data)
+        self.bytes_in += len(data)
         if self._fed >= _READ_BUDGET and not self._yielding and self._transport is not None:
             self._yielding = True
             self._transport.pause_reading()
@@ -336,6 +340,7 @@ class Session(asyncio.Protocol):
             return
         out = self._mux.take_output(data=not self._writing_paused)
         if out:
+            self.bytes_out += sum(map(len, out))
             if _WRITELINES_CHECKS_LIMITS:
                 transport.writelines(out)
             else:

@@ -1,0 +1,1 @@
+"""ytun's own HTTP endpoints: the admin API, metrics and health."""
