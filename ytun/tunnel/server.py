@@ -35,6 +35,7 @@ from .front import HEAD_TIMEOUT, Network, PublicProtocol
 from .http1 import MAX_HEAD_SIZE, RequestHead, error_response
 from .limits import default_max_connections
 from .links import ClientLink, ClientLinks, ServerState, ServerStateChange
+from .observe import RequestObserver, combine
 from .ratelimit import TokenBuckets
 from .splice import AnswerAndClose
 from .tcp import TcpListeners
@@ -48,7 +49,7 @@ AT_CAPACITY_ANSWER = error_response(503, "server at capacity, try again later", 
 #: 1 - hosts / 36**8, so a second try is already rare).
 SUBDOMAIN_ATTEMPTS = 16
 
-__all__ = ["ClientInfo", "Server", "ServerState", "ServerStateChange"]
+__all__ = ["ClientInfo", "Server", "ServerState", "ServerStateChange", "ServerStats"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,22 @@ class ClientInfo:
     peer: tuple[Any, ...] | None
     connected_at: float
     streams: int
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """Counts read at one moment (for the metrics; nothing here names a client)."""
+
+    clients_connected: int  # clients past the handshake
+    sessions: int  # yamux sessions, handshaking ones included
+    open_streams: int  # yamux streams over every session (control streams included)
+    refused: dict[str, int]  # refused control connections by reason
+    reconnects: int  # clients that connected again after their session ended
+    tcp_connections: int  # connections accepted on TCP tunnel listeners
+
+
+#: A readiness check: None when fine, else why the server is not ready.
+ReadinessCheck = Callable[[], "str | None"]
 
 
 class Server:
@@ -106,6 +123,11 @@ class Server:
         #: None (off), an AccessLog, "stdout", "stderr" or a file path to append to.
         self.access_log: AccessLog | None = open_access_log(access_log)
         self._owns_access_log = not isinstance(access_log, AccessLog)
+        self._observers: list[RequestObserver] = []
+        #: What the public side tells when each request ends: the access log and every
+        #: observer added (see add_observer), as one; None when nobody listens.
+        self.observer: RequestObserver | None = self.access_log
+        self._readiness_checks: list[ReadinessCheck] = []
         self.via_mark = b"ytun-" + secrets.token_hex(8).encode()
         self.loops_reported: set[str] = set()
         self.max_head_size = max_head_size
@@ -130,7 +152,7 @@ class Server:
             on_client_leaving=self._public.client_leaving,
             refusals=TokenBuckets(refusal_rate, refusal_burst),
         )
-        self._tcp = TcpListeners(self.registry, self.link_for, self.access_log)
+        self._tcp = TcpListeners(self.registry, self.link_for, self.observer)
         self._servers: list[asyncio.AbstractServer] = []
 
     # -- configuration -------------------------------------------------------------------
@@ -225,6 +247,57 @@ class Server:
             for link in self._links
             if link.connected
         ]
+
+    def add_observer(self, observer: RequestObserver) -> None:
+        """Tell ``observer`` (e.g. the metrics) about every request, switched connection
+        and TCP tunnel connection when it ends, besides the access log. Connections
+        accepted from now on are observed."""
+        self._observers.append(observer)
+        self.observer = combine(self.access_log, *self._observers)
+        self._tcp.observer = self.observer
+
+    def stats(self) -> ServerStats:
+        """Clients, sessions, streams and control-path counts, read now."""
+        links = list(self._links)
+        return ServerStats(
+            clients_connected=sum(1 for link in links if link.connected),
+            sessions=len(links),
+            open_streams=sum(link.streams for link in links if link.connected),
+            refused=dict(self._links.refusals),
+            reconnects=self._links.reconnects,
+            tcp_connections=self._tcp.accepted,
+        )
+
+    @property
+    def listening(self) -> bool:
+        """True while one of the server's listeners accepts connections."""
+        return any(listener.is_serving() for listener in self._servers)
+
+    def add_readiness_check(self, check: ReadinessCheck) -> None:
+        """Make ``check`` part of :meth:`readiness` (e.g. a shared store's connection)."""
+        self._readiness_checks.append(check)
+
+    def readiness(self) -> list[str]:
+        """Why the server cannot serve now: empty when it is ready (listening, its
+        registry usable, every added check passing)."""
+        reasons = []
+        if not self.listening:
+            reasons.append("not listening")
+        problem = self.registry.problem()
+        if problem is not None:
+            reasons.append(f"registry: {problem}")
+        for check in self._readiness_checks:
+            try:
+                problem = check()
+            except Exception as exc:  # a broken check is a reason, not a crash
+                problem = f"readiness check failed: {type(exc).__name__}"
+            if problem is not None:
+                reasons.append(problem)
+        return reasons
+
+    def ready(self) -> bool:
+        """True when :meth:`readiness` finds nothing wrong."""
+        return not self.readiness()
 
     @property
     def in_flight(self) -> int:

@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 from ..registry import Registry
 from . import koding
-from .access import AccessLog
 from .addr import split_host_port
 from .links import ClientLink
+from .observe import RequestObserver
 from .splice import Pipe, PipeEnd
 
 logger = logging.getLogger("ytun.server")
@@ -25,11 +25,14 @@ class TcpListeners:
     """The server's TCP tunnel listeners, one per port; routes live in the registry."""
 
     def __init__(
-        self, registry: Registry, link_for: LinkLookup, access: AccessLog | None = None
+        self, registry: Registry, link_for: LinkLookup, observer: RequestObserver | None = None
     ) -> None:
         self._registry = registry
         self._link_for = link_for
-        self._access = access
+        #: Told when each connection ends (the server sets it; new connections use it).
+        self.observer = observer
+        #: Connections accepted on the tunnel listeners so far.
+        self.accepted = 0
         self._listeners: dict[int, asyncio.Server] = {}
 
     async def add(
@@ -80,7 +83,8 @@ class TcpListeners:
         self._listeners.clear()
 
     def _protocol(self) -> asyncio.BaseProtocol:
-        return _TcpPublic(self._registry, self._link_for, self._access)
+        self.accepted += 1
+        return _TcpPublic(self._registry, self._link_for, self.observer)
 
 
 class _TcpStreamEnd(PipeEnd):
@@ -107,15 +111,15 @@ class _TcpStreamEndCounted(_TcpStreamEnd):
 
 class _TcpPublic(PipeEnd):
     """A connection accepted on a TCP tunnel listener; logged when it ends when there is
-    an access log."""
+    an observer."""
 
     def __init__(
-        self, registry: Registry, link_for: LinkLookup, access: AccessLog | None = None
+        self, registry: Registry, link_for: LinkLookup, observer: RequestObserver | None = None
     ) -> None:
         super().__init__(Pipe(), 1)
         self._registry = registry
         self._link_for = link_for
-        self._access = access
+        self._observer = observer
         self._stream_end: _TcpStreamEnd | None = None
         self._received = 0
         self._started = 0.0
@@ -129,15 +133,15 @@ class _TcpPublic(PipeEnd):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         end = self._stream_end
-        if self._access is not None and end is not None:
+        if self._observer is not None and end is not None:
             self._stream_end = None
             sent = end.sent if isinstance(end, _TcpStreamEndCounted) else 0
-            self._access.tcp_end(self._peer, self._port, sent, self._received, self._started)
+            self._observer.tcp_end(self._peer, self._port, sent, self._received, self._started)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # reading waits for the stream
         ip, port = transport.get_extra_info("sockname")[:2]
-        if self._access is not None:
+        if self._observer is not None:
             self._started = time.monotonic()
             peer = transport.get_extra_info("peername")
             self._peer = peer[0] if isinstance(peer, tuple) else "-"
@@ -148,7 +152,7 @@ class _TcpPublic(PipeEnd):
             logger.warning("no client for TCP connection on %s:%d; closing", ip, port)
             transport.close()
             return
-        end = _TcpStreamEndCounted(self._pipe, 0) if self._access else _TcpStreamEnd(self._pipe, 0)
+        end = _TcpStreamEndCounted(self._pipe, 0) if self._observer else _TcpStreamEnd(self._pipe, 0)
         self._stream_end = end
         try:
             link.request_stream(koding.TCP, port, end)
