@@ -56,8 +56,8 @@ def _milliseconds(duration: float) -> str:
 
 
 class AccessLog:
-    """A :class:`~ytun.tunnel.observe.RequestObserver`: collects access lines and writes them in batches to ``write`` (text in, one
-    newline-terminated line each).
+    """A :class:`~ytun.tunnel.observe.RequestObserver`: collects access lines and
+    writes them in batches to ``write`` (text in, one newline-terminated line each).
 
     Use :meth:`to_stream` or :meth:`to_file`; :meth:`close` writes what is left. A failing
     write is reported once (on the ``ytun.server`` logger) and its lines are dropped: the

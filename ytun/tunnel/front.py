@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from . import koding
 from .addr import split_host_port
-from .observe import RequestObserver
 from .http1 import HttpError, RequestHead, error_response, go_quote, rewrite_forwarding
+from .observe import RequestObserver
 from .split import END, NEED_DATA, PAUSED, Body, Head, Raw, RequestSplitter, ResponseSplitter
 
 if TYPE_CHECKING:

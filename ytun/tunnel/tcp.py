@@ -152,7 +152,9 @@ class _TcpPublic(PipeEnd):
             logger.warning("no client for TCP connection on %s:%d; closing", ip, port)
             transport.close()
             return
-        end = _TcpStreamEndCounted(self._pipe, 0) if self._observer else _TcpStreamEnd(self._pipe, 0)
+        end = (
+            _TcpStreamEndCounted(self._pipe, 0) if self._observer else _TcpStreamEnd(self._pipe, 0)
+        )
         self._stream_end = end
         try:
             link.request_stream(koding.TCP, port, end)
