@@ -47,15 +47,11 @@ class HostStats:
     __slots__ = ("codes", "buckets", "duration_sum", "sent", "received")
 
     def __init__(self) -> None:
-        self.codes = [0] * 10  # by status // 100 (0 and 6..9: an out-of-range status)
+        self.codes = [0] * 10  # by status // 100 % 10 (0 and 6..9: out of range)
         self.buckets = [0] * (len(DURATION_BUCKETS) + 1)  # per bucket, the last is +Inf
         self.duration_sum = 0.0
         self.sent = 0
         self.received = 0
-
-    @property
-    def requests(self) -> int:
-        return sum(self.codes)
 
     def by_code_class(self) -> dict[str, int]:
         counts = dict.fromkeys(_CODE_CLASSES, 0)
@@ -92,7 +88,7 @@ class TunnelMetrics:
         if stats is None:
             stats = self._stats_for(host)
         duration = time.monotonic() - started
-        stats.codes[status // 100 if 0 <= status < 1000 else 0] += 1
+        stats.codes[status // 100 % 10] += 1  # statuses have three digits
         stats.buckets[bisect_left(DURATION_BUCKETS, duration)] += 1
         stats.duration_sum += duration
         if status != 101:  # a switched connection's bytes are all told when it ends
