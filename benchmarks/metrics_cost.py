@@ -116,7 +116,6 @@ def main() -> None:
     finally:
         for proc in reversed(procs):  # clients before their servers: no reconnect noise
             proc.terminate()
-        for proc in procs:
             proc.wait(timeout=10)
 
 
