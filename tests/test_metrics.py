@@ -11,6 +11,7 @@ import secrets
 import subprocess
 import sys
 import textwrap
+import threading
 
 import aiohttp
 import prometheus_client
@@ -378,3 +379,32 @@ def test_a_server_process_serves_metrics_with_or_without_prometheus_client(
         assert lines[1].startswith("/metrics 200 # HELP ")
     else:
         assert lines[1] == "/metrics 501 " + metrics.INSTALL_HINT.strip()
+
+
+async def test_a_scrape_formats_in_a_thread_from_a_copy_taken_in_the_loop() -> None:
+    """prometheus_client is slow with many hosts: the tunnel's loop only copies counts."""
+    server = Server()
+    server.add_host("a.test", "A-ID")
+    await server.serve("127.0.0.1", 0)
+    router = web.Router()
+    observer = add_metrics_routes(router, server)
+    listener = await web.serve(router, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    observer.request("-", b"a.test", b"GET", b"/", 200, 10, 5, 0.0)
+    threads = []
+    collect = observer.collect
+
+    def recording_collect():  # type: ignore[no-untyped-def]
+        threads.append(threading.get_ident())
+        observer.request("-", b"a.test", b"GET", b"/", 200, 10, 5, 0.0)  # after the copy
+        yield from collect()
+
+    observer.collect = recording_collect  # type: ignore[method-assign]
+    status, _, body = await http_get(port, "/metrics")
+    listener.close()
+    await server.close(grace=0)
+    assert status == 200
+    assert threads and threads[0] != threading.get_ident()
+    samples = parse(body.decode())
+    assert value(samples, "ytun_requests_total", host="a.test", code="2xx") == 1  # the copy
+    assert observer.hosts["a.test"].codes[2] == 2

@@ -6,6 +6,8 @@ and list operations per request, with no lock and no ``prometheus_client`` call.
 Prometheus families are built when ``/metrics`` is scraped, in a ``CollectorRegistry`` of
 this server's own (two servers in one process never share or clash); the gauges (clients,
 sessions, streams) are read from the server at that moment, not kept up to date per event.
+A scrape copies the counts in the event loop and leaves building and formatting the text
+(slow in ``prometheus_client``: about 0.3 s of CPU for 1,000 hosts) to a thread.
 
 ``prometheus_client`` is an optional extra (``pip install 'ytun[metrics]'``): without it
 the counting still runs and ``/metrics`` answers 501 with that command.
@@ -17,12 +19,14 @@ after :data:`MAX_HOSTS` distinct hosts the next ones share ``host="other"``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..tunnel.server import Server
+from ..tunnel.server import Server, ServerStats
 from . import web
 from .health import add_health_routes
 
@@ -53,11 +57,29 @@ class HostStats:
         self.sent = 0
         self.received = 0
 
+    def copy(self) -> HostStats:
+        copied = HostStats()
+        copied.codes = list(self.codes)
+        copied.buckets = list(self.buckets)
+        copied.duration_sum = self.duration_sum
+        copied.sent = self.sent
+        copied.received = self.received
+        return copied
+
     def by_code_class(self) -> dict[str, int]:
         counts = dict.fromkeys(_CODE_CLASSES, 0)
         for index, count in enumerate(self.codes):
             counts[_CODE_CLASSES[index] if 1 <= index <= 5 else "other"] += count
         return counts
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every count at one moment, taken in the event loop (a copy: formatting it may
+    run in another thread while requests go on)."""
+
+    server: ServerStats
+    hosts: dict[str, HostStats]
 
 
 class TunnelMetrics:
@@ -70,6 +92,8 @@ class TunnelMetrics:
         self.hosts: dict[str, HostStats] = {}
         self._by_header: dict[bytes, HostStats] = {}  # a Host value as received → its stats
         self._registry: CollectorRegistry | None = None
+        self._snapshot: Snapshot | None = None  # what collect() reports
+        self._scraping = asyncio.Lock()  # one scrape at a time: they share _snapshot
 
     # -- the observer (the data path) ----------------------------------------------------
 
@@ -137,20 +161,26 @@ class TunnelMetrics:
 
     # -- scraping ------------------------------------------------------------------------
 
-    def forget_host_values(self) -> None:
-        """Look Host values up again from now on: routes may have been added or
-        deleted since they were first seen. Done at each scrape."""
+    def snapshot(self) -> Snapshot:
+        """Copy every count (about 0.5 ms for 1,000 hosts), and look Host values up
+        again from now on: routes may have changed since they were first seen."""
         self._by_header.clear()
+        hosts = {host: stats.copy() for host, stats in self.hosts.items()}
+        return Snapshot(self.server.stats(), hosts)
 
     def collect(self) -> Iterator[Any]:
-        """The metric families (``prometheus_client`` collector protocol)."""
+        """The metric families of the last snapshot (``prometheus_client``'s collector
+        protocol; :meth:`exposition` takes the snapshot)."""
         from prometheus_client.core import (
             CounterMetricFamily,
             GaugeMetricFamily,
             HistogramMetricFamily,
         )
 
-        stats = self.server.stats()
+        snapshot = self._snapshot
+        if snapshot is None:
+            return
+        stats = snapshot.server
         yield GaugeMetricFamily(
             "ytun_clients_connected", "Tunnel clients connected.", value=stats.clients_connected
         )
@@ -197,7 +227,7 @@ class TunnelMetrics:
         received = CounterMetricFamily(
             "ytun_bytes_received", "Bytes received from public clients.", labels=["host"]
         )
-        for host, host_stats in list(self.hosts.items()):
+        for host, host_stats in snapshot.hosts.items():
             for code, count in host_stats.by_code_class().items():
                 if count:
                     requests.add_metric([host, code], count)
@@ -212,16 +242,30 @@ class TunnelMetrics:
         yield from (requests, durations, sent, received)
 
     def exposition(self) -> tuple[bytes, str]:
-        """The Prometheus text format and its content type. Raises ImportError without
-        ``prometheus_client``."""
+        """The Prometheus text format and its content type, now. Raises ImportError
+        without ``prometheus_client``."""
+        generate = self._generator()
+        self._snapshot = self.snapshot()
+        return generate()
+
+    async def exposition_in_thread(self) -> tuple[bytes, str]:
+        """As :meth:`exposition`, but only the snapshot is taken in the event loop: the
+        families are built and formatted in a thread (prometheus_client needs about
+        0.3 s of CPU for 1,000 hosts, which must not stall the tunnel)."""
+        generate = self._generator()
+        async with self._scraping:
+            self._snapshot = self.snapshot()
+            return await asyncio.to_thread(generate)
+
+    def _generator(self) -> Callable[[], tuple[bytes, str]]:
         from prometheus_client import exposition
         from prometheus_client.registry import CollectorRegistry
 
         if self._registry is None:
             self._registry = CollectorRegistry(auto_describe=False)
             self._registry.register(self)
-        self.forget_host_values()
-        return exposition.generate_latest(self._registry), exposition.CONTENT_TYPE_LATEST
+        registry = self._registry
+        return lambda: (exposition.generate_latest(registry), exposition.CONTENT_TYPE_LATEST)
 
 
 def add_metrics_routes(router: web.Router, server: Server) -> TunnelMetrics:
@@ -232,7 +276,7 @@ def add_metrics_routes(router: web.Router, server: Server) -> TunnelMetrics:
 
     async def scrape(request: web.Request) -> web.Response:
         try:
-            body, content_type = metrics.exposition()
+            body, content_type = await metrics.exposition_in_thread()
         except ImportError:
             return web.Response(501, INSTALL_HINT.encode())
         return web.Response(200, body, content_type)
