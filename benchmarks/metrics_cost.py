@@ -67,6 +67,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--scrape-interval", type=float, default=1.0, help="0: never")
+    parser.add_argument(
+        "--calibrate", action="store_true", help="metrics off in both: the noise of the figure"
+    )
     args = parser.parse_args()
     python = sys.executable
     procs: list[subprocess.Popen[bytes]] = []
@@ -85,7 +89,9 @@ def main() -> None:
             host = f"bench.local:{port}"
             server = [python, "-m", "benchmarks.e2e.metrics_server", "--listen"]
             server += [f"127.0.0.1:{port}", "--host", f"{host}={identifier}"]
-            server_proc = start(*server, *(["--metrics"] if name == "on" else []))
+            if name == "on" and not args.calibrate:
+                server += ["--metrics", "--scrape-interval", str(args.scrape_interval)]
+            server_proc = start(*server)
             time.sleep(0.5)
             client = [python, "-m", "ytun", "client", "--server", f"127.0.0.1:{port}"]
             client += ["--identifier", identifier, "--local", f"127.0.0.1:{origin_port}"]

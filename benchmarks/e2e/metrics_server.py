@@ -39,7 +39,8 @@ async def main(args: argparse.Namespace) -> None:
         add_metrics_routes(router, server)
         admin = await web.serve(router, "127.0.0.1", 0)
         url = f"http://127.0.0.1:{admin.sockets[0].getsockname()[1]}/metrics"
-        scraper = asyncio.ensure_future(scrape_forever(url, args.scrape_interval))
+        if args.scrape_interval > 0:
+            scraper = asyncio.ensure_future(scrape_forever(url, args.scrape_interval))
     await stop.wait()
     if scraper is not None:
         scraper.cancel()
