@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from ytun import Server
 from ytun.tunnel.front import PublicProtocol
 
@@ -61,9 +63,13 @@ class FakeLink:
         protocol.connection_made(self.stream)
 
 
-async def _front():
+async def _front(observe: str = "none"):
     server = Server(access_log=None) if _takes_access_log() else Server()
     server.add_host("bench.local:8000", "BENCH-ID")
+    if observe == "metrics":  # what the Prometheus metrics cost per request
+        from ytun.control.metrics import TunnelMetrics
+
+        server.add_observer(TunnelMetrics(server))
     link = FakeLink()
     server.link_for = lambda identifier: link  # the only client
     public = PublicProtocol(server)
@@ -78,11 +84,12 @@ def _takes_access_log() -> bool:
     return "access_log" in inspect.signature(Server).parameters
 
 
-def test_bench_keep_alive_request_through_the_front(benchmark):
+@pytest.mark.parametrize("observe", ["none", "metrics"])
+def test_bench_keep_alive_request_through_the_front(benchmark, observe):
     loop = asyncio.new_event_loop()
 
     async def run() -> None:
-        public, link, transport = await _front()
+        public, link, transport = await _front(observe)
 
         def one_request() -> None:
             public.data_received(REQUEST)

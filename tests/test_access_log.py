@@ -153,7 +153,7 @@ async def test_lines_are_written_in_batches() -> None:
     sink = Collected()
     log = AccessLog(sink.write, sink.flush)
     for index in range(10):
-        log.request("127.0.0.1", b"a.test", b"GET", b"/%d" % index, 200, 2, 0.0)
+        log.request("127.0.0.1", b"a.test", b"GET", b"/%d" % index, 200, 2, 0, 0.0)
     assert sink.writes == []  # held until the timer or the line limit
 
     async def written() -> None:
@@ -163,7 +163,7 @@ async def test_lines_are_written_in_batches() -> None:
     await asyncio.wait_for(written(), 5)
     assert len(sink.writes) == 1 and sink.writes[0].count("\n") == 10
     for _ in range(access.FLUSH_LINES):
-        log.request("127.0.0.1", b"a.test", b"GET", b"/", 200, 2, 0.0)
+        log.request("127.0.0.1", b"a.test", b"GET", b"/", 200, 2, 0, 0.0)
     assert len(sink.writes) == 2  # a full batch goes at once
     log.close()
 
@@ -177,7 +177,7 @@ def test_a_failing_write_is_reported_once_and_never_raises(
     log = AccessLog(broken, lambda: None)
     with caplog.at_level(logging.WARNING):
         for _ in range(3):
-            log.request("127.0.0.1", b"a.test", b"GET", b"/", 200, 2, 0.0)  # no loop: at once
+            log.request("127.0.0.1", b"a.test", b"GET", b"/", 200, 2, 0, 0.0)  # no loop: at once
     assert [r.getMessage() for r in caplog.records if "access log" in r.getMessage()] == [
         "cannot write the access log, lines are dropped: [Errno 28] No space left on device"
     ]
@@ -186,7 +186,7 @@ def test_a_failing_write_is_reported_once_and_never_raises(
 def test_control_characters_and_quotes_are_escaped() -> None:
     sink = Collected()
     log = AccessLog(sink.write, sink.flush)
-    log.request("::1", b'h"\x1b', b"GET", b'/a"b\\\r\nforged', 200, 0, 0.0)
+    log.request("::1", b'h"\x1b', b"GET", b'/a"b\\\r\nforged', 200, 0, 0, 0.0)
     [text] = sink.writes
     assert text.count("\n") == 1
     assert '"GET /a\\"b\\\\\\x0d\\x0aforged"' in text and 'h\\"\\x1b' in text
@@ -197,7 +197,7 @@ def test_settings_name_the_sink(tmp_path) -> None:
     path = tmp_path / "access.log"
     log = open_access_log(path)
     assert log is not None
-    log.request("127.0.0.1", b"a.test", b"GET", b"/file", 200, 2, 0.0)
+    log.request("127.0.0.1", b"a.test", b"GET", b"/file", 200, 2, 0, 0.0)
     log.close()
     assert '"GET /file" 200 2 ' in path.read_text()
 

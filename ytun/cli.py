@@ -36,6 +36,7 @@ from .cluster.hop import MIN_SECRET
 from .cluster.node import Node
 from .cluster.worker import WORKER_VARIABLE
 from .control.admin import AdminApi
+from .control.metrics import add_metrics_routes
 from .demo import start_demo_app
 from .errors import AdminError, IdentifierRefusedError, RegistryError
 from .registry import MemoryRegistry, Registry, SqliteRegistry
@@ -883,8 +884,8 @@ async def start_server(config: ServerConfig, worker: Worker | None = None) -> Ru
             await node.attach(server)
         if config.admin is not None:
             api = admin_api(server, config)
-            # Other parts of the server add their routes to api.router here, before it
-            # serves (public ones, such as health checks, with public=True).
+            # /metrics behind the token, /healthz and /readyz open to probes
+            add_metrics_routes(api.router, server)
             running.admin = await _serve_admin(api, config.admin)
     except BaseException:
         if node is not None:

@@ -107,15 +107,26 @@ class Registry(abc.ABC):
            than a registered subdomain goes to that subdomain's owner:
            ``a.b.foo.example.com`` → ``foo.example.com`` (with the port, then bare).
         """
+        found = self._match(host, domain)
+        return found[1] if found is not None else None
+
+    def matched_host(self, host: str, domain: str | None = None) -> str | None:
+        """The registered host a Host header value routes by (as :meth:`lookup_host`
+        finds it), or None: a bounded name for it, e.g. a metrics label."""
+        found = self._match(host, domain)
+        return found[0] if found is not None else None
+
+    def _match(self, host: str, domain: str | None) -> tuple[str, str] | None:
+        """``(registered host, client key)`` for a Host value (see lookup_host)."""
         host = host.lower()
         key = self.host_key(host)
         if key is not None:
-            return key
+            return host, key
         name, port = split_port(host)
         if name != host:
             key = self.host_key(name)
             if key is not None:
-                return key
+                return name, key
         if domain:
             suffix = "." + domain
             if name.endswith(suffix):
@@ -126,8 +137,10 @@ class Registry(abc.ABC):
                     if port:
                         key = self.host_key(f"{sub}:{port}")
                         if key is not None:
-                            return key
-                    return self.host_key(sub)
+                            return f"{sub}:{port}", key
+                    key = self.host_key(sub)
+                    if key is not None:
+                        return sub, key
         return None
 
     @abc.abstractmethod

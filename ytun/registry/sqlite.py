@@ -171,6 +171,17 @@ class SqliteRegistry(MemoryRegistry):
                 "INSERT OR REPLACE INTO tcp_routes (port, ip, key) VALUES (?, ?, ?)", (*row, key)
             )
 
+    def problem(self) -> str | None:
+        """The state file must still answer a read (the path is not told: the answer
+        may go to a public health probe)."""
+        if self._db is None:
+            return "the state file is closed"
+        try:
+            self._db.execute("SELECT 1 FROM hosts LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            return f"the state file cannot be read: {exc}"
+        return None
+
     def close(self) -> None:
         db, self._db = self._db, None
         if db is not None:

@@ -56,8 +56,8 @@ def _milliseconds(duration: float) -> str:
 
 
 class AccessLog:
-    """Collects access lines and writes them in batches to ``write`` (text in, one
-    newline-terminated line each).
+    """A :class:`~ytun.tunnel.observe.RequestObserver`: collects access lines and
+    writes them in batches to ``write`` (text in, one newline-terminated line each).
 
     Use :meth:`to_stream` or :meth:`to_file`; :meth:`close` writes what is left. A failing
     write is reported once (on the ``ytun.server`` logger) and its lines are dropped: the
@@ -108,10 +108,12 @@ class AccessLog:
         target: bytes,
         status: int,
         sent: int,
+        received: int,
         started: float,
     ) -> None:
         """A request answered (by the origin or by the server); ``started`` is the
-        :func:`time.monotonic` when its head was received."""
+        :func:`time.monotonic` when its head was received. ``received`` (the request's
+        size) is not on the line."""
         self._add(
             f"{self._now()} {peer} {_printable(host.decode('latin-1')) or '-'} "
             f'"{method.decode("latin-1")} {_printable(target.decode("latin-1"))}" '

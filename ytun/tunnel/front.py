@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from . import koding
-from .access import AccessLog
 from .addr import split_host_port
 from .http1 import HttpError, RequestHead, error_response, go_quote, rewrite_forwarding
+from .observe import RequestObserver
 from .split import END, NEED_DATA, PAUSED, Body, Head, Raw, RequestSplitter, ResponseSplitter
 
 if TYPE_CHECKING:
@@ -46,7 +46,8 @@ class Gateway(Protocol):
     #: This server's Via received-by (``ytun-<random>``): a request that carries it came
     #: back to the server it left.
     via_mark: bytes
-    access_log: AccessLog | None
+    #: Told about each request when it ends (the access log, the metrics), or None.
+    observer: RequestObserver | None
     #: Clients whose requests were seen coming back (reported once each).
     loops_reported: set[str]
     #: The other processes of this server (``--workers``), or None alone.
@@ -162,8 +163,9 @@ class PublicProtocol(asyncio.Protocol):
         self._via_end = b""  # our Via field and the head's end
         self._trusted = False  # the peer's own forwarding fields are kept
         self._peer = "-"
-        self._access = gateway.access_log
+        self._observer = gateway.observer
         self._head_received = 0.0  # time.monotonic() of the current head, for the log
+        self._head_size = 0  # bytes of the current head as received, for the observer
         self.activity = 0  # reads so far, for the idle policy
         self._eof = False  # the client half-closed: close once every answer is out
         self._current_raw = b""
@@ -247,8 +249,8 @@ class PublicProtocol(asyncio.Protocol):
         return self._peer
 
     @property
-    def access(self) -> AccessLog | None:
-        return self._access
+    def observer(self) -> RequestObserver | None:
+        return self._observer
 
     @property
     def max_head_size(self) -> int:
@@ -288,8 +290,10 @@ class PublicProtocol(asyncio.Protocol):
         logger.debug("%s: request head not complete in %.3gs", self.peer, self._head_timeout)
         self._stopped = True
         answer = error_response(408, "request header timeout", close=True)
-        if self._access is not None:
-            self._access.request(self._peer, b"", b"-", b"-", 408, len(answer), time.monotonic())
+        if self._observer is not None:
+            self._observer.request(
+                self._peer, b"", b"-", b"-", 408, len(answer), 0, time.monotonic()
+            )
         transport.write(answer)
         transport.close()
 
@@ -328,7 +332,7 @@ class PublicProtocol(asyncio.Protocol):
                     if splitter.closed:
                         self._close_if_done()
                 elif type(event) is Head:
-                    if self._access is not None:
+                    if self._observer is not None:
                         self._head_received = time.monotonic()
                     if not self._start_request(event):
                         self._waiting = event
@@ -346,7 +350,7 @@ class PublicProtocol(asyncio.Protocol):
 
     def _whole_request(self, event: Head) -> None:
         """A request and all of its body, as the events Head, Body and END would give."""
-        if self._access is not None:
+        if self._observer is not None:
             self._head_received = time.monotonic()
         length = event.head.content_length
         self._body_taken = length or 0
@@ -404,6 +408,7 @@ class PublicProtocol(asyncio.Protocol):
     def _start_request(self, event: Head) -> bool:
         """Route and forward one request; False if it must wait for earlier answers."""
         head: RequestHead = event.head  # type: ignore[assignment]
+        self._head_size = len(event.raw)
         relay = self._relay
         if is_control_path(head.target):
             self._current_raw = event.raw
@@ -463,7 +468,7 @@ class PublicProtocol(asyncio.Protocol):
             if relay is None:
                 self._answer(head, 502, "no client session established")
                 return True
-        relay.send_request(raw, head, self._head_received)
+        relay.send_request(raw, head, self._head_received, self._head_size)
         self._sink = relay
         self._may_hand_off = self._hand_offs
         if head.upgrade or head.method == b"CONNECT":
@@ -585,14 +590,15 @@ class PublicProtocol(asyncio.Protocol):
         close = not head.keep_alive
         version = "1.0" if head.version == "1.0" else "1.1"
         answer = error_response(status, message, close=close, version=version)
-        if self._access is not None:
-            self._access.request(
+        if self._observer is not None:
+            self._observer.request(
                 self._peer,
                 head.host,
                 head.method,
                 head.target,
                 status,
                 len(answer),
+                self._head_size + (head.content_length or 0),  # the body is read and dropped
                 self._head_received,
             )
         transport = self._transport
@@ -623,9 +629,9 @@ class PublicProtocol(asyncio.Protocol):
                 transport.close()
                 return
         self._failure = error_response(exc.status, str(exc), close=True)
-        if self._access is not None:
-            self._access.request(
-                self._peer, b"", b"-", b"-", exc.status, len(self._failure), time.monotonic()
+        if self._observer is not None:
+            self._observer.request(
+                self._peer, b"", b"-", b"-", exc.status, len(self._failure), 0, time.monotonic()
             )
         self.pause("failed")
         if self.idle:
@@ -699,15 +705,16 @@ class PublicProtocol(asyncio.Protocol):
             return
         if message is not None:
             answer = error_response(status, message, close=True)
-            if self._access is not None and unanswered is not None:
+            if self._observer is not None and unanswered is not None:
                 head = unanswered.head
-                self._access.request(
+                self._observer.request(
                     self._peer,
                     head.host,
                     head.method,
                     head.target,
                     status,
                     len(answer),
+                    unanswered.received,
                     unanswered.started,
                 )
             transport.write(answer)
@@ -738,20 +745,22 @@ class PublicProtocol(asyncio.Protocol):
 
 
 class _Sent:
-    """A request sent down a stream, kept until its answer ends: for the access log,
+    """A request sent down a stream, kept until its answer ends: for the observer,
     and its bytes while it may have to be sent again."""
 
-    __slots__ = ("head", "data", "size", "resent", "started")
+    __slots__ = ("head", "data", "size", "resent", "started", "received")
 
-    def __init__(self, head: RequestHead, raw: bytes, started: float) -> None:
+    def __init__(self, head: RequestHead, raw: bytes, started: float, received: int) -> None:
         self.head = head
-        self.started = started  # time.monotonic() at its head (0 without an access log)
+        self.started = started  # time.monotonic() at its head (0 without an observer)
+        self.received = received  # bytes from the public client: its head as received, body
         replayable = head.method in _REPLAYABLE_METHODS and not head.upgrade
         self.data: list[bytes] | None = [raw] if replayable else None
         self.size = len(raw)
         self.resent = False
 
     def keep(self, data: bytes) -> None:
+        self.received += len(data)
         if self.data is not None:
             self.size += len(data)
             if self.size > _REPLAY_LIMIT:
@@ -778,7 +787,7 @@ class ResponseRelay(asyncio.Protocol):
         self.answer_started = False  # bytes of the current answer were already relayed
         self._answers = 0  # answers complete on this stream
         self._close_after = False
-        self._access = public.access
+        self._observer = public.observer
         self._status = 0  # of the answer in progress
         self._sent_bytes = 0  # relayed to the public client so far
         self._answer_mark = 0  # _sent_bytes when the answer in progress began
@@ -796,8 +805,10 @@ class ResponseRelay(asyncio.Protocol):
 
     # -- requests going out --------------------------------------------------------------
 
-    def send_request(self, data: bytes, head: RequestHead, started: float = 0.0) -> None:
-        self._requests.append(_Sent(head, data, started))
+    def send_request(
+        self, data: bytes, head: RequestHead, started: float = 0.0, received: int = 0
+    ) -> None:
+        self._requests.append(_Sent(head, data, started, received or len(data)))
         self._splitter.expect(head)
         self.send(data)
 
@@ -953,15 +964,16 @@ class ResponseRelay(asyncio.Protocol):
         self._status = status
         if head.switched:  # type: ignore[union-attr]
             self._raw = True
-            if self._access is not None and self._requests:
+            if self._observer is not None and self._requests:
                 sent = self._upgrade = self._requests[0]
-                self._access.request(
+                self._observer.request(
                     self._public.peer,
                     request.host,
                     request.method,
                     request.target,
                     status,
                     self._sent_bytes - self._answer_mark + len(event.raw),
+                    sent.received,
                     sent.started,
                 )
             self._requests.clear()
@@ -974,7 +986,7 @@ class ResponseRelay(asyncio.Protocol):
         self.answer_started = False
         self._answers += 1
         sent = self._requests.popleft()
-        if self._access is not None:
+        if self._observer is not None:
             self._log_answer(sent)
         self._answer_mark = self._sent_bytes
         if self._close_after:
@@ -991,21 +1003,22 @@ class ResponseRelay(asyncio.Protocol):
     def _log_answer(self, sent: _Sent) -> None:
         """An answer relayed (in full, or cut short)."""
         head = sent.head
-        self._access.request(  # type: ignore[union-attr]
+        self._observer.request(  # type: ignore[union-attr]
             self._public.peer,
             head.host,
             head.method,
             head.target,
             self._status,
             self._sent_bytes - self._answer_mark,
+            sent.received,
             sent.started,
         )
 
     def _log_upgrade_end(self) -> None:
         sent, self._upgrade = self._upgrade, None
-        if sent is not None and self._access is not None:
+        if sent is not None and self._observer is not None:
             head = sent.head
-            self._access.upgrade_end(
+            self._observer.upgrade_end(
                 self._public.peer,
                 head.host,
                 head.method,
@@ -1034,7 +1047,7 @@ class ResponseRelay(asyncio.Protocol):
         first = self._requests[0]
         self._requests.clear()
         if self.answer_started:
-            if self._access is not None:
+            if self._observer is not None:
                 self._log_answer(first)
             self._public.tunnel_closed(self, 0, None)  # cut short: a clean close says so
         else:
@@ -1048,7 +1061,7 @@ class ResponseRelay(asyncio.Protocol):
             return True
         self.closed = True
         if self._splitter.receive_eof():  # the answer ends with the connection
-            if self._access is not None and self._requests:
+            if self._observer is not None and self._requests:
                 self._log_answer(self._requests[0])
             self._requests.clear()
             self._public.tunnel_closed(self, 0, None)
@@ -1069,7 +1082,7 @@ class ResponseRelay(asyncio.Protocol):
         requests = list(self._requests)
         self._requests.clear()
         if self.answer_started:
-            if self._access is not None:
+            if self._observer is not None:
                 self._log_answer(requests[0])
             self._public.tunnel_closed(self, 0, None)  # cut short: a clean close says so
         elif (

@@ -36,6 +36,9 @@ TOO_MANY_REFUSALS = error_response(
 )
 
 
+REFUSAL_REASONS = ("unknown_identifier", "rate_limited", "duplicate")
+
+
 class ServerState(enum.IntEnum):
     UNKNOWN = 0
     CONNECTED = 3
@@ -115,6 +118,12 @@ class ClientLinks:
         self._links: dict[str, ClientLink] = {}
         self._states: dict[str, ServerState] = {}
         self.refused = 0
+        #: Refused control connections by reason (``unknown_identifier``: answered 502,
+        #: ``rate_limited``: that address is out of tokens, ``duplicate``: the identifier's
+        #: client is connected and alive), for the metrics.
+        self.refusals = dict.fromkeys(REFUSAL_REASONS, 0)
+        #: Clients that connected again after their session ended.
+        self.reconnects = 0
         self._refusals = refusals
 
     def __len__(self) -> int:
@@ -199,7 +208,9 @@ class ClientLinks:
                 address,
                 self._refusals.refused(address) + 1,
             )
+            self.refusals["unknown_identifier"] += 1
             return REFUSED_RESPONSE
+        self.refusals["rate_limited"] += 1
         # Out of tokens: answer once more and close, so each further guess costs a new
         # connection, at the bucket's rate. Not logged one by one (that would be a flood).
         transport.write(TOO_MANY_REFUSALS)
@@ -218,6 +229,7 @@ class ClientLinks:
             return
         if alive and self._links.get(key) is existing:
             logger.warning("refused a second client for %s: the first one is alive", existing.label)
+            self.refusals["duplicate"] += 1
             transport.write(error_response(502, "control conn already exist. \n", close=True))
             transport.close()
             return
@@ -237,6 +249,8 @@ class ClientLinks:
 
     def link_connected(self, link: ClientLink) -> None:
         logger.info("client for %s connected from %s", link.label, link.peer)
+        if self._states.get(link.key) is ServerState.CLOSED:
+            self.reconnects += 1
         self._set_state(link.key, ServerState.CONNECTED)
 
     def link_gone(self, link: ClientLink, error: BaseException | None) -> None:

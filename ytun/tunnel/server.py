@@ -35,6 +35,7 @@ from .front import HEAD_TIMEOUT, Network, PublicProtocol
 from .http1 import MAX_HEAD_SIZE, RequestHead, error_response
 from .limits import default_max_connections
 from .links import ClientLink, ClientLinks, ServerState, ServerStateChange
+from .observe import RequestObserver, combine
 from .peers import ConnectionKind, Peers
 from .ratelimit import TokenBuckets
 from .splice import AnswerAndClose
@@ -49,7 +50,7 @@ AT_CAPACITY_ANSWER = error_response(503, "server at capacity, try again later", 
 #: 1 - hosts / 36**8, so a second try is already rare).
 SUBDOMAIN_ATTEMPTS = 16
 
-__all__ = ["ClientInfo", "Server", "ServerState", "ServerStateChange"]
+__all__ = ["ClientInfo", "Server", "ServerState", "ServerStateChange", "ServerStats"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,18 @@ class ClientInfo:
     #: Bytes of its tunnel connection (yamux frames): read from it, and written to it.
     bytes_in: int = 0
     bytes_out: int = 0
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """Counts read at one moment (for the metrics; nothing here names a client)."""
+
+    clients_connected: int  # clients past the handshake
+    sessions: int  # yamux sessions, handshaking ones included
+    open_streams: int  # yamux streams over every session (control streams included)
+    refused: dict[str, int]  # refused control connections by reason
+    reconnects: int  # clients that connected again after their session ended
+    tcp_connections: int  # connections accepted on TCP tunnel listeners
 
 
 #: A readiness check: None when fine, else why the server is not ready.
@@ -118,6 +131,10 @@ class Server:
         #: None (off), an AccessLog, "stdout", "stderr" or a file path to append to.
         self.access_log: AccessLog | None = open_access_log(access_log)
         self._owns_access_log = not isinstance(access_log, AccessLog)
+        self._observers: list[RequestObserver] = []
+        #: What the public side tells when each request ends: the access log and every
+        #: observer added (see add_observer), as one; None when nobody listens.
+        self.observer: RequestObserver | None = self.access_log
         # Workers of one server share one mark: a request that comes back through any of
         # them is a loop.
         self.via_mark = via_mark or b"ytun-" + secrets.token_hex(8).encode()
@@ -145,7 +162,7 @@ class Server:
             refusals=TokenBuckets(refusal_rate, refusal_burst),
             peers=peers,
         )
-        self._tcp = TcpListeners(self.registry, self.link_for, self.access_log, peers=peers)
+        self._tcp = TcpListeners(self.registry, self.link_for, self.observer, peers=peers)
         self._servers: list[asyncio.AbstractServer] = []
         self._readiness_checks: list[ReadinessCheck] = []
         # Another node may delete a client's last route: it must not stay connected here.
@@ -259,8 +276,29 @@ class Server:
             if link.connected
         ]
 
+    def add_observer(self, observer: RequestObserver) -> None:
+        """Tell ``observer`` (e.g. the metrics) about every request, switched connection
+        and TCP tunnel connection when it ends, besides the access log. Connections
+        accepted from now on are observed."""
+        self._observers.append(observer)
+        self.observer = combine(self.access_log, *self._observers)
+        self._tcp.observer = self.observer
+
+    def stats(self) -> ServerStats:
+        """Clients, sessions, streams and control-path counts, read now."""
+        links = list(self._links)
+        return ServerStats(
+            clients_connected=sum(1 for link in links if link.connected),
+            sessions=len(links),
+            open_streams=sum(link.streams for link in links if link.connected),
+            refused=dict(self._links.refusals),
+            reconnects=self._links.reconnects,
+            tcp_connections=self._tcp.accepted,
+        )
+
     @property
     def listening(self) -> bool:
+        """True while one of the server's listeners accepts connections."""
         return any(listener.is_serving() for listener in self._servers)
 
     def add_readiness_check(self, check: ReadinessCheck) -> None:

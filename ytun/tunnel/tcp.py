@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 from ..registry import Registry
 from . import koding
-from .access import AccessLog
 from .addr import split_host_port
 from .links import ClientLink
+from .observe import RequestObserver
 from .splice import Pipe, PipeEnd
 
 if TYPE_CHECKING:
@@ -32,13 +32,16 @@ class TcpListeners:
         self,
         registry: Registry,
         link_for: LinkLookup,
-        access: AccessLog | None = None,
+        observer: RequestObserver | None = None,
         *,
         peers: Peers | None = None,
     ) -> None:
         self._registry = registry
         self._link_for = link_for
-        self._access = access
+        #: Told when each connection ends (the server sets it; new connections use it).
+        self.observer = observer
+        #: Connections accepted on the tunnel listeners so far.
+        self.accepted = 0
         self._peers = peers
         self._listeners: dict[int, asyncio.Server] = {}
 
@@ -103,16 +106,17 @@ class TcpListeners:
         self._listeners.clear()
 
     def _protocol(self) -> asyncio.BaseProtocol:
-        return _TcpPublic(self._registry, self._link_for, self._access, self._peers)
+        self.accepted += 1
+        return _TcpPublic(self._registry, self._link_for, self.observer, self._peers)
 
     def adopted_protocol(self) -> asyncio.BaseProtocol:
         """For a connection another worker accepted: it is not handed on again."""
-        return _TcpPublic(self._registry, self._link_for, self._access)
+        return _TcpPublic(self._registry, self._link_for, self.observer)
 
     def hopped_protocol(self, key: str, port: int, peer: str) -> asyncio.Protocol:
         """For a connection another node accepted on its TCP ``port`` for client ``key``
         (its local address here is the hop's): it is not handed on again."""
-        return _TcpPublic(self._registry, self._link_for, self._access, route=(key, port, peer))
+        return _TcpPublic(self._registry, self._link_for, self.observer, route=(key, port, peer))
 
 
 class _TcpStreamEnd(PipeEnd):
@@ -139,13 +143,13 @@ class _TcpStreamEndCounted(_TcpStreamEnd):
 
 class _TcpPublic(PipeEnd):
     """A connection accepted on a TCP tunnel listener; logged when it ends when there is
-    an access log."""
+    an observer."""
 
     def __init__(
         self,
         registry: Registry,
         link_for: LinkLookup,
-        access: AccessLog | None = None,
+        observer: RequestObserver | None = None,
         peers: Peers | None = None,
         route: tuple[str, int, str] | None = None,
     ) -> None:
@@ -154,7 +158,7 @@ class _TcpPublic(PipeEnd):
         self._registry = registry
         self._peers = peers
         self._link_for = link_for
-        self._access = access
+        self._observer = observer
         self._stream_end: _TcpStreamEnd | None = None
         self._received = 0
         self._started = 0.0
@@ -168,17 +172,17 @@ class _TcpPublic(PipeEnd):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         end = self._stream_end
-        if self._access is not None and end is not None:
+        if self._observer is not None and end is not None:
             self._stream_end = None
             sent = end.sent if isinstance(end, _TcpStreamEndCounted) else 0
-            self._access.tcp_end(self._peer, self._port, sent, self._received, self._started)
+            self._observer.tcp_end(self._peer, self._port, sent, self._received, self._started)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # reading waits for the stream
         ip, port = transport.get_extra_info("sockname")[:2]
         if self._route is not None:
             port = self._route[1]
-        if self._access is not None:
+        if self._observer is not None:
             self._started = time.monotonic()
             peer = transport.get_extra_info("peername")
             self._peer = peer[0] if isinstance(peer, tuple) else "-"
@@ -194,7 +198,7 @@ class _TcpPublic(PipeEnd):
             and self._peers is not None
             and self._peers.hand_off(key, "tcp", transport, b"")
         ):
-            self._access = None  # logged by the process that serves it
+            self._observer = None  # logged by the process that serves it
             if transport.get_protocol() is self:  # a duplicate of the socket lives on there
                 transport.abort()  # type: ignore[attr-defined]
             return
@@ -202,7 +206,9 @@ class _TcpPublic(PipeEnd):
             logger.warning("no client for TCP connection on %s:%d; closing", ip, port)
             transport.close()
             return
-        end = _TcpStreamEndCounted(self._pipe, 0) if self._access else _TcpStreamEnd(self._pipe, 0)
+        end = (
+            _TcpStreamEndCounted(self._pipe, 0) if self._observer else _TcpStreamEnd(self._pipe, 0)
+        )
         self._stream_end = end
         try:
             link.request_stream(koding.TCP, port, end)
