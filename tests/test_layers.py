@@ -1,5 +1,6 @@
 """The package's layers, checked from the source: no import circle anywhere in ``ytun``,
-and each layer imports only the ones below it (codec < yamux < registry < tunnel < command line)."""
+and each layer imports only the ones below it (codec < yamux < registry < tunnel <
+control and inspector < command line)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ LAYERS = [
     ("ytun.yamux",),
     ("ytun.registry",),
     ("ytun.tunnel",),
+    ("ytun.control", "ytun.inspector"),
     ("ytun", "ytun.cli", "ytun.settings", "ytun.demo", "ytun.__main__"),
 ]
 

@@ -190,6 +190,10 @@ class ClientFile:
     dial_timeout: float | None = None
     exit_on_refused: bool | None = None
     log_level: str | None = None
+    inspect: str | None = None
+    inspect_allow_remote: bool | None = None
+    inspect_max_requests: int | None = None
+    inspect_body_limit: int | None = None
 
 
 class _Table:
@@ -376,6 +380,10 @@ CLIENT_KEYS = (
     "dial_timeout",
     "exit_on_refused",
     "log_level",
+    "inspect",
+    "inspect_allow_remote",
+    "inspect_max_requests",
+    "inspect_body_limit",
 )
 
 
@@ -457,4 +465,13 @@ def load_client_file(path: Path) -> ClientFile:
     loaded.dial_timeout = table.seconds("dial_timeout")
     loaded.exit_on_refused = table.boolean("exit_on_refused")
     loaded.log_level = table.log_level()
+    loaded.inspect = table.string("inspect")
+    if loaded.inspect is not None:
+        table.checked("inspect", check_listen_address, loaded.inspect)
+    loaded.inspect_allow_remote = table.boolean("inspect_allow_remote")
+    loaded.inspect_max_requests = table.positive_int("inspect_max_requests")
+    body_limit: int | None = table.get("inspect_body_limit", int, "a whole number")
+    if body_limit is not None and body_limit < 0:
+        raise table.error("inspect_body_limit", f"must be zero or more bytes, got {body_limit}")
+    loaded.inspect_body_limit = body_limit
     return loaded
