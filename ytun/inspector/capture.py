@@ -96,8 +96,9 @@ class StreamCapture:
         if self.stopped:
             return
         try:
-            if self._responses.receive_eof():
+            if self._responses.receive_eof():  # that ends a body delimited by the close
                 self._read_responses()
+                self._response_end()
         except HttpError as exc:
             self.stop(f"not an HTTP answer: {exc}")
 

@@ -99,12 +99,20 @@ def dechunk(data: bytes) -> bytes:
     return bytes(out)
 
 
+def _utf8(payload: bytes, *, cut: bool) -> str | None:
+    """The body as text, or None when it is not UTF-8 (base64 shows it exactly). A body
+    cut at the limit may end inside a character: up to 3 bytes of that are left out."""
+    for drop in range(4 if cut else 1):
+        try:
+            return payload[: len(payload) - drop].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
 def body_view(message: Message) -> dict[str, Any]:
     payload = dechunk(bytes(message.body)) if message.chunked else bytes(message.body)
-    try:
-        text: str | None = payload.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None  # cut in a character, or not text: base64 shows it exactly
+    text = _utf8(payload, cut=message.truncated)
     return {
         "size": message.size,
         "captured": len(message.body),
