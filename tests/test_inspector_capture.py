@@ -131,7 +131,9 @@ async def test_an_upgrade_is_recorded_with_its_101_and_the_stream_is_left_alone(
 async def test_an_upgrade_refused_is_recorded_and_ends_the_capture() -> None:
     log = ExchangeLog()
     capture = capture_of(log)
-    capture.request_data(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n")
+    capture.request_data(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n"
+    )
     capture.response_data(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\nno")
     (exchange,) = log.newest_first()
     assert (exchange.status, exchange.state) == (400, "complete")
@@ -144,7 +146,9 @@ async def test_interim_answers_are_skipped() -> None:
     capture.request_data(
         b"PUT /f HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok"
     )
-    capture.response_data(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    capture.response_data(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    )
     (exchange,) = log.newest_first()
     assert (exchange.status, exchange.state) == (200, "complete")
 
@@ -258,7 +262,9 @@ async def test_unanswered_requests_are_bounded() -> None:
     capture = capture_of(log)
     capture.request_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * (MAX_UNANSWERED + 5))
     assert capture.stopped and len(log) == MAX_UNANSWERED
-    assert all(e.error == "too many requests sent ahead of their answers" for e in log.newest_first())
+    assert all(
+        e.error == "too many requests sent ahead of their answers" for e in log.newest_first()
+    )
 
 
 async def test_the_live_feed_sends_each_change_and_drops_a_subscriber_that_lags() -> None:
