@@ -65,7 +65,14 @@ class StreamCapture:
         splitter = self._requests
         splitter.receive(data)
         try:
-            while True:
+            whole = splitter.whole_message()  # the common case, in one step
+            if whole is not None:
+                self._request_head(whole)
+                if self._reading is not None:
+                    _keep_bytes(self._reading.request, _body_of_whole(splitter), self._limit)
+                    self._reading.request.complete = True
+                    self._reading = None
+            while not self.stopped:
                 event = splitter.next_event()
                 if event is NEED_DATA or event is PAUSED:
                     return
@@ -77,8 +84,6 @@ class StreamCapture:
                 elif event is END and self._reading is not None:
                     self._reading.request.complete = True
                     self._reading = None
-                if self.stopped:
-                    return
         except HttpError as exc:
             self.stop(f"not HTTP: {exc}")
 
@@ -131,6 +136,12 @@ class StreamCapture:
 
     def _read_responses(self) -> None:
         splitter = self._responses
+        whole = splitter.whole_message()  # the common case, in one step
+        if whole is not None:
+            self._response_head(whole)
+            if self._answering is not None and self._answering.response is not None:
+                _keep_bytes(self._answering.response, _body_of_whole(splitter), self._limit)
+            self._response_end()
         while not self.stopped:
             event = splitter.next_event()
             if event is NEED_DATA or event is PAUSED:
@@ -195,6 +206,20 @@ class StreamCapture:
         # drop the splitters' buffers: a stopped capture holds no bytes
         self._requests = RequestSplitter()
         self._responses = ResponseSplitter()
+
+
+def _body_of_whole(splitter: RequestSplitter | ResponseSplitter) -> memoryview:
+    """The body of the message :meth:`whole_message` just took from the start of the
+    buffer (framing included; empty for a message without one)."""
+    received = splitter.received
+    return memoryview(received)[received.find(b"\r\n\r\n") + 4 : splitter.position]
+
+
+def _keep_bytes(message: Message, body: memoryview, limit: int) -> None:
+    room = limit - len(message.body)
+    if room > 0:
+        message.body += body[:room]
+    message.size += len(body)
 
 
 def _keep(message: Message, span: Body, limit: int) -> None:

@@ -8,6 +8,7 @@ and serves the page, the JSON API and the live feed with :meth:`start`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -22,6 +23,9 @@ from .replay import DEFAULT_REPLAY_TIMEOUT, replay
 from .where import is_loopback_host
 
 logger = logging.getLogger("ytun.inspector")
+
+#: Seconds :meth:`Inspector.close` waits for its listener to close.
+CLOSE_WAIT = 1.0
 
 
 class Inspector:
@@ -96,7 +100,13 @@ class Inspector:
         server, self._server = self._server, None
         if server is not None:
             server.close()
-            await server.wait_closed()
+            close_clients = getattr(server, "close_clients", None)  # Python 3.13+
+            if close_clients is not None:
+                close_clients()
+            # From Python 3.12 on, wait_closed also waits for open keep-alive connections
+            # (a page left open): those end at their idle timeout, so do not wait for them.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), CLOSE_WAIT)
 
     def __repr__(self) -> str:
         stats: dict[str, Any] = self.log.stats()
