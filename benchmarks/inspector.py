@@ -6,7 +6,8 @@ the client's inspector off and on (loopback only, bounded in time; needs ``wrk``
 ``ytun server`` and ``ytun client`` run as subprocesses (the client with and without
 ``--inspect``), the origin in this process (a fixed keep-alive answer); ``wrk`` loads the
 public port with 1 thread and 8 connections. Off and on alternate, ``--rounds`` times
-each; the median of each is reported, with on/off as a ratio.
+each; the median of each is reported, with on/off as a ratio. First, in this process,
+the capture alone: microseconds per small exchange (a GET and its 200) it adds.
 """
 
 from __future__ import annotations
@@ -95,8 +96,32 @@ async def wrk(url: str, host: str, duration: float) -> tuple[float, float]:
     return rate, float(transfer.group(1)) * scale
 
 
+def capture_cost(count: int = 50_000) -> float:
+    """Microseconds the capture spends on one small keep-alive exchange."""
+    from ytun.inspector import ExchangeLog
+    from ytun.inspector.capture import StreamCapture
+
+    request = (
+        b"GET /small HTTP/1.1\r\nHost: bench.test:8000\r\nUser-Agent: wrk\r\n"
+        b"X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n"
+        b"X-Forwarded-Host: bench.test:8000\r\nVia: 1.1 ytun-0123456789ab\r\n\r\n"
+    )
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n" + b"x" * 16
+    capture = StreamCapture(ExchangeLog())
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(count):
+            capture.request_data(request)
+            capture.response_data(response)
+        best = min(best, (time.perf_counter() - started) / count * 1e6)
+    return best
+
+
 async def run(args: argparse.Namespace) -> dict:
     loop = asyncio.get_running_loop()
+    per_exchange = capture_cost()
+    print(json.dumps({"capture_us_per_exchange": round(per_exchange, 1)}), flush=True)
     for path, size in WORKLOADS.items():
         Origin.answers[f"/{path}".encode()] = (
             b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size
@@ -142,7 +167,7 @@ async def run(args: argparse.Namespace) -> dict:
         server.terminate()
         server.wait(10)
         origin.close()
-    summary = {}
+    summary: dict = {"capture_us_per_exchange": round(per_exchange, 1)}
     for workload, modes in results.items():
         off, on = statistics.median(modes["off"]), statistics.median(modes["on"])
         unit = "MB/s" if workload == "bulk" else "req/s"
