@@ -257,6 +257,17 @@ async def test_a_stream_that_ends_early_leaves_its_requests_incomplete() -> None
     assert bytes(a.response.body) == b"ab"
 
 
+async def test_a_stream_whose_local_service_was_never_reached_says_so() -> None:
+    log = ExchangeLog()
+    capture = StreamCapture(log)  # no local_connected: the dial failed
+    capture.request_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    capture.closed()
+    (exchange,) = log.newest_first()
+    assert (exchange.state, exchange.error) == ("incomplete", "no local service was reached")
+    with pytest.raises(ReplayError, match="never reached a local service"):
+        check_replayable(exchange)
+
+
 async def test_unanswered_requests_are_bounded() -> None:
     log = ExchangeLog()
     capture = capture_of(log)

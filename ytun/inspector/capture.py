@@ -108,7 +108,10 @@ class StreamCapture:
             self.stop(f"not an HTTP answer: {exc}")
 
     def closed(self) -> None:
-        self.stop("the stream ended before the answer did")
+        if self._address is None:  # the client answered 503 itself, or the stream ended first
+            self.stop("no local service was reached")
+        else:
+            self.stop("the stream ended before the answer did")
 
     # -- requests ---------------------------------------------------------------------------
 
