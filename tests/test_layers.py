@@ -23,7 +23,7 @@ LAYERS = [
     ("ytun.yamux",),
     ("ytun.registry",),
     ("ytun.tunnel",),
-    ("ytun.control",),
+    ("ytun.control", "ytun.inspector"),
     ("ytun.cluster",),
     ("ytun", "ytun.cli", "ytun.admin_commands", "ytun.settings", "ytun.demo", "ytun.__main__"),
 ]

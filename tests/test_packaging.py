@@ -9,6 +9,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -95,3 +96,42 @@ def test_every_subpackage_is_listed_for_the_wheel() -> None:
         for init in (ROOT / "ytun").rglob("__init__.py")
     }
     assert listed == found
+
+
+@pytest.mark.skipif(not SOURCE_TREE, reason="needs the source tree (setup.py), not a wheel")
+def test_the_wheel_holds_every_package_and_the_inspector_page(tmp_path) -> None:
+    """Every subpackage, and the inspector's page files (package data), are in the wheel
+    and in the source distribution the wheel is built from."""
+    pytest.importorskip("Cython", reason="building needs Cython (the test extra has it)")
+    env = dict(os.environ, YTUN_NO_EXTENSIONS="1")  # the codec is not what this checks
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = tmp_path.glob("ytun-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    packages = {
+        path.parent.relative_to(ROOT).as_posix() for path in (ROOT / "ytun").rglob("__init__.py")
+    }
+    for package in packages:
+        assert f"{package}/__init__.py" in names, package
+    for name in ("index.html", "inspector.js", "inspector.css"):
+        assert f"ytun/inspector/static/{name}" in names
+    manifest = (ROOT / "MANIFEST.in").read_text()
+    assert "recursive-include ytun/inspector/static" in manifest

@@ -38,7 +38,8 @@ from .cluster.worker import WORKER_VARIABLE
 from .control.admin import AdminApi
 from .control.metrics import add_metrics_routes
 from .demo import start_demo_app
-from .errors import AdminError, IdentifierRefusedError, RegistryError
+from .errors import AdminError, IdentifierRefusedError, InspectorError, RegistryError
+from .inspector import DEFAULT_BODY_LIMIT, DEFAULT_MAX_ENTRIES, Inspector
 from .registry import MemoryRegistry, Registry, SqliteRegistry
 from .registry.names import normalize_subdomain
 from .registry.redis import RedisRegistry
@@ -389,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit with status 2 when the server does not know the identifier, instead of "
         "retrying (default: on)",
     )
+    _inspector_flags(client)
     _log_level_flag(client)
 
     add_admin_commands(commands)
@@ -418,6 +420,45 @@ def _redacted(value: str) -> str:
     """``value`` without what follows its ``=``: that part may be a secret."""
     left, sep, _ = value.partition("=")
     return f"{left}=…" if sep else value
+
+
+def _inspector_flags(client: argparse.ArgumentParser) -> None:
+    client.add_argument(
+        "--inspect",
+        metavar="HOST:PORT",
+        help="serve the request inspector (a web page of the last requests, with replay) "
+        "on HOST:PORT, e.g. 127.0.0.1:4040 (default: off)",
+    )
+    client.add_argument(
+        "--inspect-allow-remote",
+        action=argparse.BooleanOptionalAction,
+        help="let --inspect listen on an address other than loopback; whoever reaches it "
+        "sees request bodies and can replay requests (default: off)",
+    )
+    client.add_argument(
+        "--inspect-max-requests",
+        type=_count,
+        metavar="N",
+        help=f"requests the inspector keeps (default: {DEFAULT_MAX_ENTRIES})",
+    )
+    client.add_argument(
+        "--inspect-body-limit",
+        type=_byte_count,
+        metavar="BYTES",
+        help=f"bytes of each body the inspector keeps (default: {DEFAULT_BODY_LIMIT})",
+    )
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number above zero, got {text!r}")
+    return int(text)
+
+
+def _byte_count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number of bytes, got {text!r}")
+    return int(text)
 
 
 def _pick(flag: Any, from_file: Any, default: Any) -> Any:
@@ -1031,6 +1072,10 @@ class ClientConfig:
     log_level: str
     #: --register: ask the admin API for a host first (None: the identifier is given).
     registration: Registration | None = None
+    inspect: tuple[str | None, int] | None = None  # where to serve the inspector
+    inspect_allow_remote: bool = False
+    inspect_max_requests: int = DEFAULT_MAX_ENTRIES
+    inspect_body_limit: int = DEFAULT_BODY_LIMIT
 
 
 def client_config(args: argparse.Namespace, environ: dict[str, str]) -> ClientConfig:
@@ -1085,6 +1130,7 @@ def client_config(args: argparse.Namespace, environ: dict[str, str]) -> ClientCo
         ),
         exit_on_refused=_pick(args.exit_on_refused, file and file.exit_on_refused, True),
         log_level=_pick(args.log_level, file and file.log_level, DEFAULT_LOG_LEVEL),
+        **_inspector_config(args, file),
     )
 
 
@@ -1135,6 +1181,31 @@ def _registration(
     )
 
 
+def _inspector_config(args: argparse.Namespace, file: ClientFile | None) -> dict[str, Any]:
+    address = _pick(args.inspect, file and file.inspect, None)
+    allow_remote = _pick(args.inspect_allow_remote, file and file.inspect_allow_remote, False)
+    inspect = None
+    if address is not None:
+        inspect = check_listen_address(address, "--inspect")
+        host = inspect[0]
+        if not allow_remote and (host is None or not is_loopback(host)):
+            raise UsageError(
+                f"--inspect {address} is reachable from other machines, and the inspector "
+                "shows request bodies and replays requests: use 127.0.0.1:PORT, or add "
+                "--inspect-allow-remote"
+            )
+    return {
+        "inspect": inspect,
+        "inspect_allow_remote": allow_remote,
+        "inspect_max_requests": _pick(
+            args.inspect_max_requests, file and file.inspect_max_requests, DEFAULT_MAX_ENTRIES
+        ),
+        "inspect_body_limit": _pick(
+            args.inspect_body_limit, file and file.inspect_body_limit, DEFAULT_BODY_LIMIT
+        ),
+    }
+
+
 def _client_identifier(
     args: argparse.Namespace, environ: dict[str, str], file: ClientFile | None
 ) -> str:
@@ -1154,7 +1225,9 @@ def _client_identifier(
 
 
 def make_client(
-    config: ClientConfig, on_state_change: Callable[[ClientStateChange], None]
+    config: ClientConfig,
+    on_state_change: Callable[[ClientStateChange], None],
+    inspector: Inspector | None = None,
 ) -> Client:
     return Client(
         config.server,
@@ -1165,6 +1238,7 @@ def make_client(
         dial_timeout=config.dial_timeout,
         exit_on_refused=config.exit_on_refused,
         on_state_change=on_state_change,
+        inspector=inspector,
     )
 
 
@@ -1315,15 +1389,27 @@ async def client_main(config: ClientConfig) -> int:
             logger.warning(
                 "the identifier crosses the network in cleartext to %s; use --tls", address
             )
+    inspector = await _start_inspector(config)
+    try:
+        return await _registered_run(config, signals, inspector)
+    finally:
+        if inspector is not None:
+            await inspector.close()
+
+
+async def _registered_run(
+    config: ClientConfig, signals: StopSignals, inspector: Inspector | None
+) -> int:
+    """Run the client, first asking the admin API for a host with --register."""
     registration = config.registration
     if registration is None:
-        return await _run_client(config, signals)
+        return await _run_client(config, signals, inspector)
     if registration.reused:
         _print(
             f"ytun client: using the identifier in {registration.identifier_file}, "
             "registered before (`ytun hosts ls` lists the hosts)"
         )
-        return await _run_client(config, signals)
+        return await _run_client(config, signals, inspector)
     url = urlsplit(registration.url)
     if registration.token and url.scheme == "http" and not is_loopback(url.hostname or ""):
         logger.warning(
@@ -1334,15 +1420,30 @@ async def client_main(config: ClientConfig) -> int:
     config.identifier = answer["identifier"]
     _print(f"ytun client: public URL {answer['url']}")
     try:
-        return await _run_client(config, signals)
+        return await _run_client(config, signals, inspector)
     finally:
         if registration.identifier_file is None:  # this run's host goes with it
             await asyncio.to_thread(unregister, registration, answer["host"])
 
 
-async def _run_client(config: ClientConfig, signals: StopSignals) -> int:
+async def _start_inspector(config: ClientConfig) -> Inspector | None:
+    if config.inspect is None:
+        return None
+    inspector = Inspector(config.inspect_max_requests, config.inspect_body_limit)
+    host, port = config.inspect
+    try:
+        await inspector.start(host or "", port, allow_remote=config.inspect_allow_remote)
+    except InspectorError as exc:
+        raise OSError(str(exc)) from None
+    _print(f"ytun inspector on {inspector.url}")
+    return inspector
+
+
+async def _run_client(
+    config: ClientConfig, signals: StopSignals, inspector: Inspector | None
+) -> int:
     last: list[ClientStateChange] = []
-    client = make_client(config, last.append)
+    client = make_client(config, last.append, inspector)
     task = asyncio.ensure_future(client.start())
     stopping = asyncio.ensure_future(signals.graceful.wait())
     await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)

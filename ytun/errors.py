@@ -99,3 +99,17 @@ class AdminUnreachableError(AdminError):
 
 class UnsafeAdminListenerError(YtunError, ValueError):
     """The admin API would listen beyond this machine without a token to guard it."""
+
+
+class InspectorError(YtunError):
+    """The request inspector cannot do what was asked; the message says why."""
+
+
+class ReplayError(InspectorError):
+    """A recorded request cannot be sent again (its body was cut at the cap, it switched
+    protocols, or the local service did not answer); ``status`` is the HTTP status the
+    inspector's API answers with."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status

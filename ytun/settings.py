@@ -264,6 +264,10 @@ class ClientFile:
     register: str | None = None
     token_file: Path | None = None
     subdomain: str | None = None
+    inspect: str | None = None
+    inspect_allow_remote: bool | None = None
+    inspect_max_requests: int | None = None
+    inspect_body_limit: int | None = None
 
 
 class _Table:
@@ -461,6 +465,10 @@ CLIENT_KEYS = (
     "token_file",
     "subdomain",
     "log_level",
+    "inspect",
+    "inspect_allow_remote",
+    "inspect_max_requests",
+    "inspect_body_limit",
 )
 
 
@@ -569,4 +577,13 @@ def load_client_file(path: Path) -> ClientFile:
     loaded.token_file = table.path_value("token_file")
     loaded.subdomain = table.string("subdomain")
     loaded.log_level = table.log_level()
+    loaded.inspect = table.string("inspect")
+    if loaded.inspect is not None:
+        table.checked("inspect", check_listen_address, loaded.inspect)
+    loaded.inspect_allow_remote = table.boolean("inspect_allow_remote")
+    loaded.inspect_max_requests = table.positive_int("inspect_max_requests")
+    body_limit: int | None = table.get("inspect_body_limit", int, "a whole number")
+    if body_limit is not None and body_limit < 0:
+        raise table.error("inspect_body_limit", f"must be zero or more bytes, got {body_limit}")
+    loaded.inspect_body_limit = body_limit
     return loaded

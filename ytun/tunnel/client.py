@@ -31,6 +31,7 @@ from .addr import parse_addr
 from .events import StateFeed
 from .http1 import find_head_end
 from .splice import CloseAtOnce, Pipe, PipeEnd
+from .tap import StreamTaps, TappedPipe
 
 logger = logging.getLogger("ytun.client")
 
@@ -110,7 +111,8 @@ class Client:
     the next one at once, and the backoff waits only after a whole round has failed.
     HTTP and WebSocket streams go to ``local_addr``, or to ``127.0.0.1:<port of the public
     Host>`` (port 0 means 80). TCP streams go to ``tcp_local[port]``, else
-    ``fetch_local_addr(port)``, else ``127.0.0.1:<port>``.
+    ``fetch_local_addr(port)``, else ``127.0.0.1:<port>``. An ``inspector``
+    (:class:`ytun.inspector.Inspector`) records the HTTP requests and answers.
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class Client:
         on_state_change: Callable[[ClientStateChange], None] | None = None,
         dial_timeout: float = koding.CONTROL_TIMEOUT,
         exit_on_refused: bool = False,
+        inspector: StreamTaps | None = None,
     ) -> None:
         if not server_addr and fetch_server_addr is None:
             raise ValueError("neither server_addr nor fetch_server_addr is set")
@@ -149,6 +152,9 @@ class Client:
         self.dial_timeout = dial_timeout
         #: Stop (instead of retrying) when the server does not know the identifier.
         self.exit_on_refused = exit_on_refused
+        #: Sees a copy of each HTTP and WebSocket stream (the request inspector); None
+        #: leaves the streams untouched.
+        self.inspector = inspector
         self._states: StateFeed[ClientStateChange] = StateFeed(
             on_state_change, logger, is_last=lambda change: change.current is ClientState.CLOSED
         )
@@ -517,7 +523,7 @@ class _LocalDialer(PipeEnd):
     """Stream side of a pipe that dials the local service when the stream opens."""
 
     def __init__(self, client: Client, message: koding.ControlMessage) -> None:
-        super().__init__(Pipe(), 0)
+        super().__init__(_pipe_for(client.inspector, message), 0)
         self._client = client
         self._message = message
         self._counted = message.protocol == koding.HTTP
@@ -558,6 +564,16 @@ class _LocalDialer(PipeEnd):
         if self._counted:
             self._counted = False
             self._client._http_stream_done()
+
+
+def _pipe_for(inspector: StreamTaps | None, message: koding.ControlMessage) -> Pipe:
+    # The one place the inspector joins the data path: a stream it does not watch gets
+    # the plain pipe, so an absent inspector costs one test per stream.
+    if inspector is not None and message.protocol != koding.TCP:
+        observer = inspector.observe(message.protocol, message.local_port)
+        if observer is not None:
+            return TappedPipe(observer)
+    return Pipe()
 
 
 def _log_unexpected(task: asyncio.Task[None]) -> None:
