@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._alloc import tune_allocator
 from ._version import __version__
 from .demo import start_demo_app
 from .errors import IdentifierRefusedError
@@ -808,6 +809,7 @@ async def demo_main(port: int) -> int:
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop where it is installed, else on the stock asyncio loop."""
+    tune_allocator()  # bulk reads: keep the heap's pages (see ytun._alloc)
     try:
         import uvloop
     except ImportError:
