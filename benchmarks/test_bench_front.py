@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from ytun import Server
+from ytun.tunnel.access import AccessLog
 from ytun.tunnel.front import PublicProtocol
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench.local:8000\r\nUser-Agent: wrk\r\n\r\n"
@@ -61,8 +64,8 @@ class FakeLink:
         protocol.connection_made(self.stream)
 
 
-async def _front():
-    server = Server(access_log=None) if _takes_access_log() else Server()
+async def _front(access_log=None):
+    server = Server(access_log=access_log) if _takes_access_log() else Server()
     server.add_host("bench.local:8000", "BENCH-ID")
     link = FakeLink()
     server.link_for = lambda identifier: link  # the only client
@@ -78,11 +81,15 @@ def _takes_access_log() -> bool:
     return "access_log" in inspect.signature(Server).parameters
 
 
-def test_bench_keep_alive_request_through_the_front(benchmark):
+@pytest.mark.parametrize("log", ["no-log", "access-log"])
+def test_bench_keep_alive_request_through_the_front(benchmark, log):
+    """``access-log``: the default log, its batches written to nowhere; against
+    ``no-log`` it is what the log costs per request."""
     loop = asyncio.new_event_loop()
 
     async def run() -> None:
-        public, link, transport = await _front()
+        access_log = AccessLog(lambda text: None, lambda: None) if log == "access-log" else None
+        public, link, transport = await _front(access_log)
 
         def one_request() -> None:
             public.data_received(REQUEST)

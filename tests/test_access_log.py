@@ -205,3 +205,24 @@ def test_settings_name_the_sink(tmp_path) -> None:
 async def test_no_access_log_by_default_in_the_library() -> None:
     server = Server()
     assert server.access_log is None
+
+
+async def test_a_request_line_is_formatted_when_written_with_the_times_of_its_answer(
+    monkeypatch,
+) -> None:
+    """Lines are formatted lazily, at the batch's write: the latency and the time stamp
+    are still those of the moment the answer was complete, and lines keep their order."""
+    clock = {"monotonic": 100.0, "wall": 1_700_000_000.0}
+    monkeypatch.setattr(access.time, "monotonic", lambda: clock["monotonic"])
+    monkeypatch.setattr(access.time, "time", lambda: clock["wall"])
+    sink = Collected()
+    log = AccessLog(sink.write, sink.flush)
+    log.request("192.0.2.1", b"a.example", b"GET", b"/x", 200, 12, 99.9875)
+    log.tcp_end("192.0.2.1", 2222, 5, 6, 99.0)
+    clock["monotonic"] += 75.0  # the batch is written much later
+    clock["wall"] += 75.0
+    assert sink.writes == []
+    log.flush()
+    first, second = "".join(sink.writes).splitlines()
+    assert first == '2023-11-14T22:13:20Z 192.0.2.1 a.example "GET /x" 200 12 12.5ms'
+    assert second.startswith('2023-11-14T22:13:20Z 192.0.2.1 tcp:2222 "- -" - end 1000.0ms')
