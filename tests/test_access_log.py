@@ -214,9 +214,9 @@ def test_a_shared_log_is_written_in_whole_lines_small_enough_to_stay_whole() -> 
     log = AccessLog(writes.append, lambda: None)
     log.shared = True
     for n in range(200):
-        log.request("203.0.113.7", b"app.test", b"GET", b"/%d" % n, 200, 12, 0.0)
+        log.request("203.0.113.7", b"app.test", b"GET", b"/%d" % n, 200, 12, 0, 0.0)
     long_target = b"/" + b"x" * 3000
-    log.request("203.0.113.7", b"app.test", b"GET", long_target, 200, 12, 0.0)
+    log.request("203.0.113.7", b"app.test", b"GET", long_target, 200, 12, 0, 0.0)
     log.flush()
     assert len(writes) > 1
     assert all(piece.endswith("\n") for piece in writes)
@@ -225,3 +225,24 @@ def test_a_shared_log_is_written_in_whole_lines_small_enough_to_stay_whole() -> 
     lines = "".join(writes).splitlines()
     assert len(lines) == 201
     assert [line.split('"')[1] for line in lines[:200]] == [f"GET /{n}" for n in range(200)]
+
+
+async def test_a_request_line_is_formatted_when_written_with_the_times_of_its_answer(
+    monkeypatch,
+) -> None:
+    """Lines are formatted lazily, at the batch's write: the latency and the time stamp
+    are still those of the moment the answer was complete, and lines keep their order."""
+    clock = {"monotonic": 100.0, "wall": 1_700_000_000.0}
+    monkeypatch.setattr(access.time, "monotonic", lambda: clock["monotonic"])
+    monkeypatch.setattr(access.time, "time", lambda: clock["wall"])
+    sink = Collected()
+    log = AccessLog(sink.write, sink.flush)
+    log.request("192.0.2.1", b"a.example", b"GET", b"/x", 200, 12, 0, 99.9875)
+    log.tcp_end("192.0.2.1", 2222, 5, 6, 99.0)
+    clock["monotonic"] += 75.0  # the batch is written much later
+    clock["wall"] += 75.0
+    assert sink.writes == []
+    log.flush()
+    first, second = "".join(sink.writes).splitlines()
+    assert first == '2023-11-14T22:13:20Z 192.0.2.1 a.example "GET /x" 200 12 12.5ms'
+    assert second.startswith('2023-11-14T22:13:20Z 192.0.2.1 tcp:2222 "- -" - end 1000.0ms')

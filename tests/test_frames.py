@@ -234,3 +234,49 @@ def test_consume_more_than_buffered_is_an_error(codec):
     window.receive(10)
     with pytest.raises(ValueError):
         window.consume(11)
+
+
+def test_feed_answers_every_byte_taken_without_a_budget(codec):
+    data, expected = sample_stream(codec)
+    recorder = Recorder()
+    parser = codec.FrameParser(recorder)
+    assert parser.feed(data[:5]) == 5  # a partial header is taken (buffered) too
+    assert parser.feed(data[5:]) == len(data) - 5
+    assert recorder.frames == expected
+
+
+@pytest.mark.parametrize("budget", [1, 2, 3, 7])
+def test_frame_budget_stops_at_a_frame_boundary_and_loses_nothing(codec, budget):
+    data, expected = sample_stream(codec)
+    data += b"\x00\x01"  # and the start of a header nobody finished yet
+    recorder = Recorder()
+    parser = codec.FrameParser(recorder, max_frames=budget)
+    rest = memoryview(data)
+    calls = 0
+    while rest:
+        before = len(recorder.frames)
+        taken = parser.feed(rest)
+        assert len(recorder.frames) - before <= budget
+        rest = rest[taken:]
+        calls += 1
+        assert calls <= len(expected) + 1
+    assert recorder.frames == expected
+    assert parser.buffered == 2
+    assert calls == -(-len(expected) // budget)
+
+
+def test_frame_budget_counts_a_frame_completed_from_an_earlier_read(codec):
+    first = codec.encode_frame(0, 0, 1, b"abcdef")
+    second = codec.encode_header(1, 0, 1, 5)
+    recorder = Recorder()
+    parser = codec.FrameParser(recorder, max_frames=1)
+    assert parser.feed(first[:15]) == 15
+    assert parser.feed(first[15:] + second) == len(first) - 15  # the body's end is a frame
+    assert recorder.frames == [("data", 1, 0, b"abcdef")]
+    assert parser.feed(second) == len(second)
+    assert recorder.frames[-1] == ("window", 1, 0, 5)
+
+
+def test_negative_frame_budget_is_refused(codec):
+    with pytest.raises(ValueError):
+        codec.FrameParser(Recorder(), max_frames=-1)

@@ -19,7 +19,14 @@ PACKAGE = pathlib.Path(ytun.__file__).resolve().parent
 
 # Lower layers first; a module may import its own layer and the ones before it.
 LAYERS = [
-    ("ytun._version", "ytun._const", "ytun.errors", "ytun._frames", "ytun._frames_py"),
+    (
+        "ytun._version",
+        "ytun._alloc",
+        "ytun._const",
+        "ytun.errors",
+        "ytun._frames",
+        "ytun._frames_py",
+    ),
     ("ytun.yamux",),
     ("ytun.registry",),
     ("ytun.tunnel",),

@@ -116,7 +116,12 @@ async def wait_until(condition, what: str, timeout: float = 20) -> None:
 
 
 async def test_flood_from_a_peer_that_never_reads_ends_in_go_away(codec):
-    config = Config(transport_write_high=16 * 1024, max_control_queue=24 * 1024)
+    # With no frame budget one read's replies overflow the control queue at once. (With
+    # the default budget the replies of one loop turn stay below half the queue, so the
+    # session stops reading the peer instead: see the next test.)
+    config = Config(
+        transport_write_high=16 * 1024, max_control_queue=24 * 1024, frame_budget=1 << 30
+    )
     async with Flood(codec, config) as flood:
         await asyncio.wait_for(flood.session.wait_closed(), 20)
         flood.peak_held = max(flood.peak_held, flood.held())
@@ -218,8 +223,62 @@ async def test_one_session_parses_a_bounded_amount_per_loop_turn(codec):
         fed += len(read)
         assert fed <= 32 * READ_SIZE, "the session never stopped reading"
     assert fed <= READ_BUDGET + READ_SIZE
-    await asyncio.sleep(0)  # the loop goes round once...
-    await asyncio.sleep(0)
-    assert transport.reading  # ...and the session reads again
+    turns = 0
+    while not transport.reading:  # the loop goes round (once per frame budget)...
+        await asyncio.sleep(0)
+        turns += 1
+        assert turns <= 2 * READ_SIZE // 12 // Config().frame_budget + 3
+    assert transport.pauses == 1  # ...and the session reads again
+    session.abort()
+
+
+async def test_a_read_of_tiny_frames_is_parsed_a_frame_budget_per_loop_turn(codec):
+    """One 256 KiB read of SYN+RST pairs is ~21,000 frames (~75 ms of work): the session
+    parses at most ``frame_budget`` of them per loop turn, keeps the rest, and reads the
+    socket again only once all of it is parsed."""
+    budget = 100
+    opened: list[int] = []
+    session = Session(
+        client=False,
+        codec=codec,
+        config=Config(frame_budget=budget),
+        protocol_factory=lambda: opened.append(1) or asyncio.Protocol(),
+    )
+    transport = ReadingTransport()
+    session.connection_made(transport)
+    pairs = 1000
+    session.data_received(syn_rst_pairs(1, pairs))
+    assert not transport.reading
+    per_turn = [len(opened)]
+    while not transport.reading:
+        before = len(opened)
+        await asyncio.sleep(0)
+        per_turn.append(len(opened) - before)
+        assert len(per_turn) <= 2 * pairs * 2 // budget + 5, "the rest was never parsed"
+    assert len(opened) == pairs  # nothing lost, in order
+    assert max(per_turn) <= budget // 2  # one stream = SYN + RST = two frames
     assert transport.pauses == 1
+    assert session.stream_count == 0
+    session.abort()
+
+
+async def test_bytes_handed_over_while_the_rest_waits_follow_it(codec):
+    """A transport taken over may deliver bytes while the session still holds the rest of
+    an earlier read: they are parsed after it, never before."""
+    opened: list[int] = []
+
+    class Recording(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            opened.append(transport.get_extra_info("stream_id"))
+
+    session = Session(
+        client=False, codec=codec, config=Config(frame_budget=4), protocol_factory=Recording
+    )
+    transport = ReadingTransport()
+    session.connection_made(transport)
+    session.data_received(syn_rst_pairs(1, 10))
+    session.data_received(syn_rst_pairs(21, 3))
+    while not transport.reading:
+        await asyncio.sleep(0)
+    assert opened == list(range(1, 27, 2))
     session.abort()

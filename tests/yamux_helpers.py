@@ -432,7 +432,9 @@ class CoreDriver:
 
     # driving
     def feed(self, *frames: bytes) -> None:
-        self.mux.feed(b"".join(frames))
+        data = memoryview(b"".join(frames))
+        while data:  # past the frame budget, as a session would on its next loop turn
+            data = data[self.mux.feed(data) :]
 
     def run(self) -> None:
         """Run the callbacks a loop would run next (deliveries, connection_lost)."""

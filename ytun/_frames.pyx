@@ -7,6 +7,7 @@ explicitly before every buffer access, which is why bounds checking is off.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
@@ -103,10 +104,16 @@ cdef class FrameParser:
     ``on_window_update(stream_id, flags, delta)``, ``on_ping(flags, value)`` and
     ``on_go_away(code)``. A violation raises :class:`ProtocolError`; after any error the
     parser refuses further input, since the byte stream can no longer be trusted.
+
+    ``max_frames`` (0: no limit) bounds the frames one :meth:`feed` dispatches, so that a
+    peer flooding tiny frames cannot hold the event loop for a whole read: ``feed`` stops
+    at a frame boundary and answers how many bytes it took; the caller feeds the rest on
+    a later loop turn.
     """
 
     cdef object _on_data, _on_window_update, _on_ping, _on_go_away
     cdef uint32_t _max_payload
+    cdef Py_ssize_t _max_frames
     cdef unsigned char _head[HEADER_SIZE]
     cdef Py_ssize_t _head_len
     # A payload that spans chunks is assembled in place in a fresh bytes object.
@@ -116,9 +123,13 @@ cdef class FrameParser:
     cdef uint16_t _flags
     cdef bint _failed
 
-    def __init__(self, handler, long long max_payload=DEFAULT_MAX_PAYLOAD):
+    def __init__(self, handler, long long max_payload=DEFAULT_MAX_PAYLOAD,
+                 Py_ssize_t max_frames=0):
         if not 0 <= max_payload <= MAX_WINDOW:
             raise ValueError("max_payload out of range")
+        if max_frames < 0:
+            raise ValueError("max_frames must be 0 (no limit) or positive")
+        self._max_frames = max_frames
         self._on_data = handler.on_data
         self._on_window_update = handler.on_window_update
         self._on_ping = handler.on_ping
@@ -134,20 +145,23 @@ cdef class FrameParser:
         return self._head_len + (self._body_filled if self._body is not None else 0)
 
     def feed(self, data):
+        """Parse ``data``; answers the bytes taken (all of them unless ``max_frames``
+        frames were dispatched first: then the caller feeds the rest later)."""
         if self._failed:
             raise ProtocolError("the frame parser stopped after an earlier error")
         cdef Py_buffer view
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            self._feed(<const unsigned char *>view.buf, view.len)
+            return self._feed(<const unsigned char *>view.buf, view.len)
         except BaseException:
             self._failed = True
             raise
         finally:
             PyBuffer_Release(&view)
 
-    cdef int _feed(self, const unsigned char *data, Py_ssize_t end) except -1:
-        cdef Py_ssize_t pos = 0, take, need
+    cdef Py_ssize_t _feed(self, const unsigned char *data, Py_ssize_t end) except -1:
+        cdef Py_ssize_t pos = 0, take, need, frames = 0
+        cdef Py_ssize_t budget = self._max_frames if self._max_frames else PY_SSIZE_T_MAX
         cdef bytes payload
         if self._body is not None:
             take = self._body_len - self._body_filled
@@ -157,25 +171,30 @@ cdef class FrameParser:
             self._body_filled += take
             pos = take
             if self._body_filled < self._body_len:
-                return 0
+                return end
             payload = self._body
             self._body = None
+            frames = 1
             self._on_data(self._stream_id, self._flags, payload)
         if self._head_len:
             need = HEADER_SIZE - self._head_len
             if end - pos < need:
                 memcpy(self._head + self._head_len, data + pos, end - pos)
                 self._head_len += end - pos
-                return 0
+                return end
             memcpy(self._head + self._head_len, data + pos, need)
             self._head_len = 0
+            frames += 1
             pos = self._frame(self._head, data, pos + need, end)
         while end - pos >= HEADER_SIZE:
+            if frames >= budget:
+                return pos  # the rest waits for the next loop turn
+            frames += 1
             pos = self._frame(data + pos, data, pos + HEADER_SIZE, end)
         if pos < end:
             memcpy(self._head, data + pos, end - pos)
             self._head_len = end - pos
-        return 0
+        return end
 
     cdef Py_ssize_t _frame(self, const unsigned char *header, const unsigned char *data,
                            Py_ssize_t pos, Py_ssize_t end) except -1:

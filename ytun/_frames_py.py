@@ -64,9 +64,15 @@ class FrameParser:
     ``on_window_update(stream_id, flags, delta)``, ``on_ping(flags, value)`` and
     ``on_go_away(code)``. A violation raises :class:`ProtocolError`; after any error the
     parser refuses further input, since the byte stream can no longer be trusted.
+
+    ``max_frames`` (0: no limit) bounds the frames one :meth:`feed` dispatches, so that a
+    peer flooding tiny frames cannot hold the event loop for a whole read: ``feed`` stops
+    at a frame boundary and answers how many bytes it took; the caller feeds the rest on
+    a later loop turn.
     """
 
     __slots__ = (
+        "_max_frames",
         "_on_data",
         "_on_window_update",
         "_on_ping",
@@ -80,9 +86,14 @@ class FrameParser:
         "_failed",
     )
 
-    def __init__(self, handler: Any, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+    def __init__(
+        self, handler: Any, max_payload: int = DEFAULT_MAX_PAYLOAD, max_frames: int = 0
+    ) -> None:
         if not 0 <= max_payload <= MAX_WINDOW:
             raise ValueError("max_payload out of range")
+        if max_frames < 0:
+            raise ValueError("max_frames must be 0 (no limit) or positive")
+        self._max_frames = max_frames
         self._on_data = handler.on_data
         self._on_window_update = handler.on_window_update
         self._on_ping = handler.on_ping
@@ -100,40 +111,50 @@ class FrameParser:
         """Bytes held for an incomplete header or payload."""
         return len(self._head) + sum(map(len, self._parts))
 
-    def feed(self, data: Any) -> None:
+    def feed(self, data: Any) -> int:
+        """Parse ``data``; answers the bytes taken (all of them unless ``max_frames``
+        frames were dispatched first: then the caller feeds the rest later)."""
         if self._failed:
             raise ProtocolError("the frame parser stopped after an earlier error")
         try:
-            self._feed(memoryview(data).cast("B"))
+            return self._feed(memoryview(data).cast("B"))
         except BaseException:
             self._failed = True
             raise
 
-    def _feed(self, data: memoryview) -> None:
+    def _feed(self, data: memoryview) -> int:
         pos = 0
         end = len(data)
+        frames = 0
+        budget = self._max_frames or end + 1  # a frame takes at least one byte
         if self._missing:
             take = min(self._missing, end)
             self._parts.append(bytes(data[:take]))
             self._missing -= take
             pos = take
             if self._missing:
-                return
+                return end
             payload = b"".join(self._parts)
             self._parts = []
+            frames = 1
             self._on_data(self._stream_id, self._flags, payload)
         if self._head:
             need = HEADER_SIZE - len(self._head)
             if end - pos < need:
                 self._head += bytes(data[pos:])
-                return
+                return end
             header = self._head + bytes(data[pos : pos + need])
             self._head = b""
+            frames += 1
             pos = self._frame(_unpack_header(header), data, pos + need, end)
         while end - pos >= HEADER_SIZE:
+            if frames >= budget:
+                return pos  # the rest waits for the next loop turn
+            frames += 1
             pos = self._frame(_unpack_header(data, pos), data, pos + HEADER_SIZE, end)
         if pos < end:
             self._head = bytes(data[pos:])
+        return end
 
     def _frame(
         self, header: tuple[int, int, int, int, int], data: memoryview, pos: int, end: int

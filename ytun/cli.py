@@ -20,6 +20,7 @@ from ssl import SSLContext
 from typing import Any
 from urllib.parse import urlsplit
 
+from ._alloc import tune_allocator
 from ._version import __version__
 from .admin_commands import (
     ADMIN_COMMANDS,
@@ -1485,6 +1486,7 @@ async def demo_main(port: int) -> int:
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop where it is installed, else on the stock asyncio loop."""
+    tune_allocator()  # bulk reads: keep the heap's pages (see ytun._alloc)
     try:
         import uvloop
     except ImportError:

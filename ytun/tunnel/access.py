@@ -3,7 +3,8 @@
 Lines are formatted only when a log is configured (the callers test for ``None`` first)
 and written in batches: they are collected and written with one ``write`` at most every
 :data:`FLUSH_INTERVAL` seconds or every :data:`FLUSH_LINES` lines, whichever comes first,
-so that the log costs the data path a string format and a list append per request.
+so that the log costs the data path one tuple and a list append per request: a request's
+line is formatted only when its batch is written (lazily), outside the request's path.
 
 Line format (space-separated, one request per line)::
 
@@ -36,6 +37,9 @@ FLUSH_INTERVAL = 0.1
 #: Lines collected before they are written at once, whatever the time.
 FLUSH_LINES = 512
 
+# peer, host, method, target, status, bytes sent, started, done (time.monotonic()).
+_RequestFields = tuple[str, bytes, bytes, bytes, int, int, float, float]
+
 _ESCAPES = {i: f"\\x{i:02x}" for i in range(32)} | {
     0x22: '\\"',
     0x5C: "\\\\",
@@ -67,7 +71,8 @@ class AccessLog:
     def __init__(self, write: Callable[[str], object], flush: Callable[[], object]) -> None:
         self._write = write
         self._flush_target = flush
-        self._lines: list[str] = []
+        # Lines, or for requests the fields of one, formatted when the batch is written.
+        self._lines: list[str | _RequestFields] = []
         self._timer: asyncio.TimerHandle | None = None
         self._closed_file: IO[str] | None = None
         self._failed = False
@@ -94,7 +99,9 @@ class AccessLog:
     # -- lines -------------------------------------------------------------------------
 
     def _now(self) -> str:
-        second = int(time.time())
+        return self._stamp_of(int(time.time()))
+
+    def _stamp_of(self, second: int) -> str:
         if second != self._stamp_second:  # one strftime per second, not per line
             self._stamp_second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
@@ -114,10 +121,15 @@ class AccessLog:
         """A request answered (by the origin or by the server); ``started`` is the
         :func:`time.monotonic` when its head was received. ``received`` (the request's
         size) is not on the line."""
-        self._add(
-            f"{self._now()} {peer} {_printable(host.decode('latin-1')) or '-'} "
+        self._add((peer, host, method, target, status, sent, started, time.monotonic()))
+
+    def _request_line(self, fields: _RequestFields, wall_offset: float) -> str:
+        peer, host, method, target, status, sent, started, done = fields
+        return (
+            f"{self._stamp_of(int(done + wall_offset))} {peer} "
+            f"{_printable(host.decode('latin-1')) or '-'} "
             f'"{method.decode("latin-1")} {_printable(target.decode("latin-1"))}" '
-            f"{status} {sent} {_milliseconds(time.monotonic() - started)}\n"
+            f"{status} {sent} {_milliseconds(done - started)}\n"
         )
 
     def upgrade_end(
@@ -147,7 +159,7 @@ class AccessLog:
 
     # -- batching ----------------------------------------------------------------------
 
-    def _add(self, line: str) -> None:
+    def _add(self, line: str | _RequestFields) -> None:
         lines = self._lines
         lines.append(line)
         if len(lines) >= FLUSH_LINES:
@@ -167,7 +179,12 @@ class AccessLog:
             self._timer = None
         if not self._lines:
             return
-        lines, self._lines = self._lines, []
+        wall_offset = time.time() - time.monotonic()
+        lines = [
+            line if type(line) is str else self._request_line(line, wall_offset)  # type: ignore[arg-type]
+            for line in self._lines
+        ]
+        self._lines = []
         try:
             for text in _pieces(lines) if self.shared else ("".join(lines),):
                 self._write(text)

@@ -44,6 +44,10 @@ class Config:
     #: sends Go Away (internal error) and drops the connection. Honest traffic stays far
     #: below: about two window updates per stream, one ACK per new stream, the pongs.
     max_control_queue: int = 1024 * 1024
+    #: Frames parsed before the session lets the event loop go round; the rest of the
+    #: read waits for the next turn. A flood of tiny frames (SYN+RST) costs a few µs
+    #: each: unbounded, one 256 KiB read held the loop for ~75 ms.
+    frame_budget: int = 1024
 
     def __post_init__(self) -> None:
         positive = (
@@ -57,6 +61,7 @@ class Config:
             "transport_write_high",
             "pong_backlog",
             "max_control_queue",
+            "frame_budget",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -88,7 +88,7 @@ class Multiplexer:
         self.hooks = hooks
         self.encode_header = codec.encode_header
         self._flow_window = codec.FlowWindow
-        self._parser = codec.FrameParser(self, config.max_recv_payload)
+        self._parser = codec.FrameParser(self, config.max_recv_payload, config.frame_budget)
         self.streams: dict[int, Stream] = {}
         self._stream_for = self.streams.get
         self._next_id = 1 if client else 2
@@ -111,9 +111,11 @@ class Multiplexer:
 
     # -- input ----------------------------------------------------------------------------
 
-    def feed(self, data: Any) -> None:
-        """Parse ``data`` and act on every whole frame in it."""
-        self._parser.feed(data)
+    def feed(self, data: Any) -> int:
+        """Parse ``data`` and act on its whole frames, up to ``config.frame_budget`` of
+        them; answers the bytes taken (feed the rest again later)."""
+        taken: int = self._parser.feed(data)
+        return taken
 
     def on_data(self, stream_id: int, flags: int, payload: bytes) -> None:
         if not flags:  # the hot path: one lookup, one call

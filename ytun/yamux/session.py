@@ -89,6 +89,8 @@ class Session(asyncio.Protocol):
         # Input parsed since reading last yielded to the loop (see data_received).
         self._fed = 0
         self._yielding = False
+        # The rest of a read the frame budget left for the next loop turn.
+        self._unparsed: memoryview | None = None
         # Callers waiting for an inbound stream, and for a free slot to open one.
         self._accept_waiters: deque[asyncio.Future[Stream]] = deque()
         self._unacked_waiters: deque[asyncio.Future[None]] = deque()
@@ -142,12 +144,21 @@ class Session(asyncio.Protocol):
             self._schedule_flush()
 
     def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         if not self._received:
             self._received = True
             if self._keepalive is None:
                 self._arm_keepalive()
+        if self._unparsed is not None:
+            # Reading was paused for the rest of an earlier read; a transport may still
+            # hand over bytes it had (take_over): they queue behind that rest, in order.
+            self._unparsed = memoryview(bytes(self._unparsed) + data)
+            return
+        self._parse(data)
+
+    def _parse(self, data: bytes | memoryview) -> None:
         try:
-            self._mux.feed(data)
+            taken = self._mux.feed(data)
         except ProtocolError as exc:
             self._fail(exc, exc.go_away_code)
             return
@@ -155,19 +166,37 @@ class Session(asyncio.Protocol):
             logger.exception("internal error in the yamux session")
             self._fail(exc, GO_AWAY_INTERNAL_ERROR)
             return
+        if taken < len(data):
+            # The parser's frame budget is spent (a flood of tiny frames): the rest of
+            # this read waits until the loop has gone round once.
+            self._unparsed = memoryview(data)[taken:]
+            self._yield_loop()
+            return
         # uvloop (libuv) reads a ready socket up to 32 times in one go: a peer that floods
         # small frames would hold the loop for seconds, with every other session waiting.
         # Past the budget, stop reading until the loop has gone round once.
         self._fed += len(data)
-        self.bytes_in += len(data)
-        if self._fed >= _READ_BUDGET and not self._yielding and self._transport is not None:
+        if self._fed >= _READ_BUDGET:
+            self._yield_loop()
+
+    def _yield_loop(self) -> None:
+        if not self._yielding and self._transport is not None:
             self._yielding = True
             self._transport.pause_reading()
             self._loop.call_soon(self._read_again)
 
     def _read_again(self) -> None:
-        self._yielding = False
         self._fed = 0
+        rest = self._unparsed
+        if rest is not None:
+            self._unparsed = None
+            if self._error is not None:
+                return
+            self._parse(rest)
+            if self._unparsed is not None:  # the budget ran out again: one more turn
+                self._loop.call_soon(self._read_again)
+                return
+        self._yielding = False
         transport = self._transport
         if transport is not None and not self._reading_paused and not transport.is_closing():
             transport.resume_reading()
