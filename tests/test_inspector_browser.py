@@ -207,8 +207,10 @@ async def test_the_page_lists_live_masks_and_replays(tmp_path: pathlib.Path) -> 
                         "document.querySelector('#rows tr[data-replay-of]')?.dataset.replayOf"
                     )
                     assert replay_of == str(inspector.log.newest_first()[-1].id)
+                    # the message moves from "Replaying #N…" to the replay's own number
                     assert "is #" in await browser.wait_until(
-                        "document.getElementById('message').textContent"
+                        "(t => t.includes('is #') && t)"
+                        "(document.getElementById('message').textContent)"
                     )
     finally:
         await inspector.close()

@@ -303,8 +303,11 @@ class HopDialer:
                 error_response(502, "no client session established", close=True)
             )
             public.set_protocol(answer)
-            answer.connection_made(public)
-            public.resume_reading()
+            try:
+                answer.connection_made(public)
+                public.resume_reading()
+            except OSError:  # the public client is gone meanwhile (the stock loop's ENOTCONN)
+                public.abort()
 
     def close(self) -> None:
         for task in self._tasks:
