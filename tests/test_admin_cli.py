@@ -401,3 +401,73 @@ def test_a_host_added_through_the_api_survives_a_restart_on_state(
     assert get_when_routed(port, "kept.test") == (200, "origin says /x to kept.test")
     assert identifier.encode() not in state.read_bytes()
     assert get(port, "other.test")[0] == 502
+
+
+def test_a_tcp_route_added_through_the_api_is_listened_on_again_after_a_restart(
+    ytun_cli, tcp_echo, tmp_path: pathlib.Path
+) -> None:
+    state = tmp_path / "ytun.db"
+    port, admin_port, tcp_port = free_port(), free_port(), free_port()
+    server_args = (
+        "server",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--admin",
+        f"127.0.0.1:{admin_port}",
+        "--state",
+        str(state),
+    )
+    url = f"http://127.0.0.1:{admin_port}"
+    first = ytun_cli(*server_args)
+    first.wait_for(first.stdout, "ytun admin API on")
+    added = run("tcp", "add", str(tcp_port), "--admin", url)
+    assert added.returncode == 0, added.stderr
+    identifier = fields(added.stdout)["identifier"]
+    first.stop(signal.SIGKILL)
+
+    second = ytun_cli(*server_args, "--log-level", "info")
+    second.wait_for(second.stdout, "ytun admin API on")
+    second.wait_for(second.stderr, f"listening again on the stored TCP route :{tcp_port}")
+    client = ytun_cli(
+        "client",
+        "--server",
+        f"127.0.0.1:{port}",
+        "--tcp-local",
+        f"{tcp_port}=127.0.0.1:{tcp_echo}",
+        env={"YTUN_IDENTIFIER": identifier},
+    )
+    client.wait_for(client.stderr, "tunnel connected")
+    with socket.create_connection(("127.0.0.1", tcp_port), timeout=10) as connection:
+        connection.sendall(b"kept\n")
+        assert connection.makefile("rb").readline() == b"echo: kept\n"
+    assert identifier not in second.output()
+
+
+def test_the_admin_listener_serves_metrics_and_health_probes(ytun_cli, tmp_path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-admin-token\n")
+    server, _, url = start_server(ytun_cli, "--admin-token-file", str(token_file))
+    base = url.removeprefix("http://")
+    host, admin_port = base.rsplit(":", 1)
+
+    def fetch(path: str, token: str | None = None) -> tuple[int, str]:
+        import http.client
+
+        connection = http.client.HTTPConnection(host, int(admin_port), timeout=10)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        connection.request("GET", path, headers=headers)
+        answer = connection.getresponse()
+        body = answer.read().decode()
+        connection.close()
+        return answer.status, body
+
+    assert fetch("/healthz")[0] == 200  # probes need no token
+    assert fetch("/readyz")[0] == 200
+    assert fetch("/metrics")[0] == 401
+    status, text = fetch("/metrics", "s3cret-admin-token")
+    assert status == 200
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names = {family.name for family in text_string_to_metric_families(text)}
+    assert {"ytun_clients_connected", "ytun_requests"} <= names
+    assert "s3cret-admin-token" not in server.output()

@@ -940,7 +940,8 @@ async def start_server(config: ServerConfig, worker: Worker | None = None) -> Ru
         and (worker is None or worker.settings.node == "0")
     ):
         logger.warning("no hosts and no TCP routes: every client will be refused")
-    _report_stored_tcp_routes(server, running)
+    if config.state is not None:
+        await _listen_stored_tcp_routes(server, config)
     return running
 
 
@@ -1026,18 +1027,12 @@ def open_registry(state: Path | None, salt: str = "") -> Registry:
     return registry
 
 
-def _report_stored_tcp_routes(server: Server, running: RunningServer) -> None:
-    """A stored TCP port route lets its client connect, but which address to listen on is
-    configuration (--tcp, the config file), not state: say so for the ones not listened on."""
-    bound = {f":{port}" for _, port in running.tcp.values()}
-    for route in server.tcp_routes():
-        if route.kind == "tcp" and route.name not in bound:
-            logger.warning(
-                "TCP route %s of %s is in the state file but not listened on: "
-                "give it with --tcp or in the config file",
-                route.name,
-                route.label,
-            )
+async def _listen_stored_tcp_routes(server: Server, config: ServerConfig) -> None:
+    """Port routes kept in --state (added with the admin API, or by an earlier config) are
+    listened on again, on the public listener's host, like ``POST /tcp``. They are not
+    the config's routes, so a reload leaves them alone."""
+    for port in await server.listen_stored_tcp(config.listen_host or ""):
+        logger.info("listening again on the stored TCP route :%d", port)
 
 
 def _admin_line(config: ServerConfig) -> str:

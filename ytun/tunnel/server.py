@@ -245,6 +245,30 @@ class Server:
         listening address."""
         return await self._tcp.add(address, identifier, ip, reuse_port=reuse_port, listen=listen)
 
+    async def listen_stored_tcp(self, host: str = "") -> list[int]:
+        """Listen on ``host`` for every stored port route that has no listener yet (routes
+        kept in a state file across a restart, e.g. added with the admin API); returns the
+        ports now listened on. A port that cannot be bound is logged and skipped."""
+        ports = []
+        for route in self.registry.tcp_routes():
+            if route.kind != "tcp":
+                continue
+            port = int(route.name.lstrip(":"))
+            if port in self._tcp.ports:
+                continue
+            try:
+                await self._tcp.listen(host, port)
+            except OSError as exc:
+                logger.warning(
+                    "cannot listen again on the stored TCP route %s of %s: %s",
+                    route.name,
+                    route.label,
+                    exc.strerror or exc,
+                )
+                continue
+            ports.append(port)
+        return ports
+
     def delete_addr(self, port: int, *, ip: str | None = None) -> None:
         """Remove a TCP route; the listener closes when no port route is left on it.
         Connections already open carry on; the client is disconnected if this was its

@@ -91,10 +91,23 @@ class TcpListeners:
         self._registry.add_addr(port, identifier, ip)
         return sock_name[0], port
 
+    async def listen(self, host: str, port: int) -> None:
+        """Listen on ``host:port`` for a port route already in the registry (one kept in a
+        state file across a restart): its owner is there, only the listener is new."""
+        if port in self._listeners:
+            return
+        loop = asyncio.get_running_loop()
+        self._listeners[port] = await loop.create_server(self._protocol, host, port)
+
     def delete(self, port: int, ip: str | None) -> None:
         self._registry.delete_addr(port, ip)
         if ip is None and port in self._listeners:
             self._listeners.pop(port).close()
+
+    @property
+    def ports(self) -> set[int]:
+        """The ports listened on."""
+        return set(self._listeners)
 
     def close(self) -> None:
         for listener in self._listeners.values():
