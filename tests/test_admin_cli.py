@@ -18,7 +18,7 @@ import sys
 import pytest
 import test_cli
 from test_cli import ENV, STARTUP, Ytun, free_port
-from test_state_cli import get, get_when_routed
+from test_state_cli import get, get_when_routed, start_client
 
 # The subprocess and origin fixtures of the command-line tests.
 ytun_cli = test_cli.ytun_cli
@@ -389,15 +389,7 @@ def test_a_host_added_through_the_api_survives_a_restart_on_state(
     second = ytun_cli(*server_args)
     second.wait_for(second.stdout, "ytun admin API on")
     assert "kept.test" in run("hosts", "ls", "--admin", url).stdout
-    client = ytun_cli(
-        "client",
-        "--server",
-        f"127.0.0.1:{port}",
-        "--local",
-        f"127.0.0.1:{origin}",
-        env={"YTUN_IDENTIFIER": identifier},
-    )
-    client.wait_for(client.stderr, "tunnel connected")
+    start_client(ytun_cli, port, identifier, origin)
     assert get_when_routed(port, "kept.test") == (200, "origin says /x to kept.test")
     assert identifier.encode() not in state.read_bytes()
     assert get(port, "other.test")[0] == 502

@@ -42,6 +42,20 @@ def get_when_routed(port: int, host: str, path: str = "/x") -> tuple[int, str]:
         time.sleep(0.1)
 
 
+def start_client(ytun_cli, port: int, identifier: str, origin: int) -> Ytun:
+    """``ytun client`` for the server on ``port``, forwarding to ``origin``; connected."""
+    client = ytun_cli(
+        "client",
+        "--server",
+        f"127.0.0.1:{port}",
+        "--local",
+        f"127.0.0.1:{origin}",
+        env={"YTUN_IDENTIFIER": identifier},
+    )
+    client.wait_for(client.stderr, "tunnel connected")
+    return client
+
+
 def start_server(ytun_cli, port: int, *args: str) -> Ytun:
     server = ytun_cli("server", "--listen", f"127.0.0.1:{port}", *args)
     server.wait_for(server.stdout, f"ytun server listening on http://127.0.0.1:{port}")
@@ -54,15 +68,7 @@ def test_a_killed_server_restarted_with_only_its_state_routes_the_client_again(
     port = free_port()
     state = tmp_path / "ytun.db"
     first = start_server(ytun_cli, port, "--state", str(state), "--host", f"app.test={SECRET}")
-    client = ytun_cli(
-        "client",
-        "--server",
-        f"127.0.0.1:{port}",
-        "--local",
-        f"127.0.0.1:{origin}",
-        env={"YTUN_IDENTIFIER": SECRET},
-    )
-    client.wait_for(client.stderr, "tunnel connected")
+    client = start_client(ytun_cli, port, SECRET, origin)
     assert get_when_routed(port, f"app.test:{port}") == (200, f"origin says /x to app.test:{port}")
 
     first.kill()  # SIGKILL: no goodbye, no clean close of the state file
@@ -89,15 +95,7 @@ def test_domain_routes_names_below_a_stored_subdomain(
     )
     start_server(ytun_cli, port, "--config", str(config))
     assert state.exists()  # relative to the config file
-    client = ytun_cli(
-        "client",
-        "--server",
-        f"127.0.0.1:{port}",
-        "--local",
-        f"127.0.0.1:{origin}",
-        env={"YTUN_IDENTIFIER": SECRET},
-    )
-    client.wait_for(client.stderr, "tunnel connected")
+    start_client(ytun_cli, port, SECRET, origin)
     host = f"api.app.tunnel.test:{port}"
     assert get_when_routed(port, host) == (200, f"origin says /x to {host}")
     assert get(port, "nobody.tunnel.test") == (

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 import test_cli
+import test_state_cli
 from test_cli import Ytun, free_port, write_file
 
 from ytun.tunnel import koding
@@ -137,15 +138,7 @@ def host_flags(port: int, hosts=SECRETS) -> list[str]:
 
 
 def start_client(ytun_cli, port: int, secret: str, origin: int, server: Ytun, host: str) -> Ytun:
-    client = ytun_cli(
-        "client",
-        "--server",
-        f"127.0.0.1:{port}",
-        "--local",
-        f"127.0.0.1:{origin}",
-        env={"YTUN_IDENTIFIER": secret},
-    )
-    client.wait_for(client.stderr, "tunnel connected")
+    client = test_state_cli.start_client(ytun_cli, port, secret, origin)
     server.wait_for(server.stderr, f"client for {host}:{port} connected")
     return client
 

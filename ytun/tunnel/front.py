@@ -499,21 +499,26 @@ class PublicProtocol(asyncio.Protocol):
         return True
 
     def _retry_waiting(self) -> None:
-        waiting = self._waiting
-        if waiting is None or self._stopped or self._transport is None:
+        if self._waiting is None or self._stopped or self._transport is None:
             return
+        if self._start_waiting() and not self._stopped:
+            self.resume("wait")
+            self._pump()
+
+    def _start_waiting(self) -> bool:
+        """Send the request that waited (for its stream, or for a hand-off); False when
+        it still cannot go, or was answered with an error."""
+        waiting = self._waiting
+        assert waiting is not None
         self._waiting = None
         try:
             started = self._start_request(waiting)
         except HttpError as exc:
             self._bad_request(exc)
-            return
+            return False
         if not started:
             self._waiting = waiting
-            return
-        if not self._stopped:
-            self.resume("wait")
-            self._pump()
+        return started
 
     def hand_over(self) -> None:
         """The connection went to another worker: forget it without ending it (the
@@ -671,16 +676,8 @@ class PublicProtocol(asyncio.Protocol):
         if self._failure is not None:
             self._send_failure()
             return
-        waiting = self._waiting
-        if waiting is not None:
-            self._waiting = None
-            try:
-                started = self._start_request(waiting)
-            except HttpError as exc:
-                self._bad_request(exc)
-                return
-            if not started:
-                self._waiting = waiting
+        if self._waiting is not None:
+            if not self._start_waiting():
                 return
             self.resume("wait")
             self._pump()
