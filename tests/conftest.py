@@ -14,8 +14,8 @@ from types import ModuleType
 import pytest
 from hypothesis import settings
 
+from ytun.tunnel import http1, split
 from ytun.tunnel import scan as http_scan
-from ytun.tunnel import split
 from ytun.yamux import codec as frames
 
 try:
@@ -77,6 +77,7 @@ def http_scanner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     module = request.param
     monkeypatch.setattr(split, "plain_head_end", module.plain_head_end)
     monkeypatch.setattr(split, "response_framing", module.response_framing)
+    monkeypatch.setattr(http1, "request_fields", module.request_fields)
     return module
 
 

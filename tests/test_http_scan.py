@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ytun import _http_py
-from ytun.tunnel import scan
+from ytun.tunnel import http1, scan
 
 PROPERTY = settings(
     max_examples=int(os.environ.get("YTUN_FUZZ_EXAMPLES", "300")),
@@ -167,3 +167,96 @@ def test_response_framing_compiled_answers_as_the_twin(status_line, lines):
         assert str(caught.value) == str(exc)
     else:
         assert compiled.response_framing(head) == expected
+
+
+# -- request_fields -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n", (b"a.test", 1, None, b"")),
+        (b"GET / HTTP/1.1\r\n\r\n", (b"", 0, None, b"")),
+        (
+            b"POST / HTTP/1.1\r\nhost:\ta.test \r\nContent-Length: 12\r\nX-Other: 1\r\n\r\n",
+            (b"a.test", 1, 12, b""),
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nHOST: b\r\nX-KTunnel-Identifier: x\r\n"
+            b"x-ktunnel-identifier:  y \r\n\r\n",
+            (b"b", 2, None, b"y"),
+        ),
+    ],
+)
+def test_request_fields(impl, head, expected):
+    assert impl.request_fields(head) == expected
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nNoColon\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: " + b"1" * 19 + b"\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n",  # not a whole head
+    ],
+)
+def test_request_fields_leaves_the_unusual_to_the_callbacks(impl, head):
+    assert impl.request_fields(head) is None
+
+
+_request_names = st.sampled_from(
+    [b"Host", b"host", b"HOST", b"Content-Length", b"content-length", b"Transfer-Encoding",
+     b"Upgrade", b"X-KTunnel-Identifier", b"x-ktunnel-identifier", b"User-Agent", b"Hos",
+     b"Hostx", b"Accept"]
+)  # fmt: skip
+_request_values = st.sampled_from(
+    [b"a.test", b" a.test ", b"\ta.test", b"0", b"12", b" 12 ", b"1x", b"+1", b"9" * 19,
+     b"chunked", b"websocket", b"", b" ", b"\x0b", b"\xff", b"a\rb", b"a\nb", b"x:y"]
+)  # fmt: skip
+_request_lines = st.one_of(
+    st.builds(
+        lambda name, sep, value: name + sep + value,
+        _request_names,
+        st.sampled_from([b":", b": ", b" :", b""]),
+        _request_values,
+    ),
+    st.binary(max_size=10).filter(lambda b: b"\r\n" not in b),
+)
+
+
+@compiled_only
+@PROPERTY
+@given(st.lists(_request_lines, max_size=6))
+def test_request_fields_compiled_answers_as_the_twin(lines):
+    head = b"\r\n".join([b"GET / HTTP/1.1", *lines]) + b"\r\n\r\n"
+    compiled = scan.available()[0]
+    assert compiled.request_fields(head) == _http_py.request_fields(head)
+
+
+@PROPERTY
+@given(st.lists(_request_lines, max_size=6), st.sampled_from([b"GET", b"POST", b"CONNECT"]))
+def test_a_head_reads_the_same_with_or_without_the_header_callbacks(lines, method):
+    """``parse_request_head`` takes the fields from ``request_fields`` where it answers, and
+    from llhttp's header callbacks otherwise: both give the same head, or the same error."""
+    target = b"a.test:80" if method == b"CONNECT" else b"/"
+    head = b"\r\n".join([method + b" " + target + b" HTTP/1.1", *lines]) + b"\r\n\r\n"
+    results = []
+    for module in scan.available():
+        for fields in (module.request_fields, lambda raw: None):
+            original = http1.request_fields
+            http1.request_fields = fields
+            try:
+                parsed = http1.parse_request_head(head)
+            except http1.HttpError as exc:
+                results.append(("error", exc.status, str(exc)))
+            else:
+                results.append(tuple(getattr(parsed, name) for name in http1.RequestHead.__slots__))
+            finally:
+                http1.request_fields = original
+    assert all(result == results[0] for result in results), results

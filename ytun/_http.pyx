@@ -9,7 +9,7 @@ Offsets are checked explicitly before every access, which is why bounds checking
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
-__all__ = ["plain_head_end", "response_framing"]
+__all__ = ["plain_head_end", "request_fields", "response_framing"]
 
 ctypedef const unsigned char* cbytes
 
@@ -65,6 +65,79 @@ def plain_head_end(bytes buffer, Py_ssize_t limit):
         else:
             i += 1
     return 0
+
+
+cdef inline bytes _stripped(cbytes p, Py_ssize_t start, Py_ssize_t stop):
+    while start < stop and _space(p[start]):
+        start += 1
+    while stop > start and _space(p[stop - 1]):
+        stop -= 1
+    return PyBytes_FromStringAndSize(<const char*>p + start, stop - start)
+
+
+def request_fields(bytes raw):
+    """``(host, host_count, content_length, identifier)`` of a request head that llhttp
+    accepted, read from its lines as llhttp's header callbacks would give them (values
+    stripped; the last field of a name wins). None, for the callbacks to do it, when the
+    head holds anything but plain ``name:value`` lines with a decimal Content-Length, or
+    a Transfer-Encoding or Upgrade field (rare, and read with more care)."""
+    cdef cbytes p = <cbytes>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
+    cdef Py_ssize_t i = 0, name, name_end, value, value_end, fields_end = n - 2
+    cdef Py_ssize_t host_count = 0
+    cdef long long length = -1
+    cdef unsigned char c
+    cdef object host = b"", identifier = b""
+    if n < 4 or p[n - 4] != 13 or p[n - 3] != 10 or p[n - 2] != 13 or p[n - 1] != 10:
+        return None
+    while i + 1 < n and not (p[i] == 13 and p[i + 1] == 10):
+        i += 1
+    i += 2
+    while i < fields_end:
+        name = i
+        while i < fields_end and p[i] != 58:
+            c = p[i]
+            if _space(c):
+                return None
+            i += 1
+        if i == name or i >= fields_end:
+            return None
+        name_end = i
+        value = i + 1
+        i = value
+        while i < fields_end and p[i] != 13 and p[i] != 10:
+            i += 1
+        if i + 2 > fields_end or p[i] != 13 or p[i + 1] != 10:
+            return None
+        value_end = i
+        i += 2
+        if _name_is(p + name, name_end - name, b"host"):
+            host = _stripped(p, value, value_end)
+            host_count += 1
+        elif _name_is(p + name, name_end - name, b"content-length"):
+            while value < value_end and _space(p[value]):
+                value += 1
+            while value_end > value and _space(p[value_end - 1]):
+                value_end -= 1
+            if value == value_end or value_end - value > 18:
+                return None
+            length = 0
+            while value < value_end:
+                if not 48 <= p[value] <= 57:
+                    return None
+                length = length * 10 + (p[value] - 48)
+                value += 1
+        elif (
+            _name_is(p + name, name_end - name, b"transfer-encoding")
+            or _name_is(p + name, name_end - name, b"upgrade")
+        ):
+            return None
+        elif _name_is(p + name, name_end - name, b"x-ktunnel-identifier"):
+            identifier = _stripped(p, value, value_end)
+    cdef object content_length = None
+    if length >= 0:
+        content_length = length
+    return host, host_count, content_length, identifier
 
 
 def response_framing(bytes raw):

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["plain_head_end", "response_framing"]
+__all__ = ["plain_head_end", "request_fields", "response_framing"]
 
 # A header block where every line is ``name:value``, the name without whitespace: a line
 # that is not (no colon, whitespace before the colon, a folded line) is where two readers
 # can disagree on a field, so it is refused rather than relayed (RFC 9112 §5.1).
 _FIELD_LINES = re.compile(rb"(?:[^\s:]+:[^\r\n]*\r\n)*")
+_WHITESPACE_OR_LINE_END = re.compile(rb"\s")
 _FRAMING_FIELD = re.compile(rb"\r\n(content-length|transfer-encoding|connection):([^\r\n]*)")
 
 
@@ -26,6 +27,40 @@ def plain_head_end(buffer: bytes, limit: int) -> int:
     if buffer.count(b"\n", 0, stop) != crlf or buffer.count(b"\r", 0, stop) != crlf:
         return 0
     return stop
+
+
+def request_fields(raw: bytes) -> tuple[bytes, int, int | None, bytes] | None:
+    """``(host, host_count, content_length, identifier)`` of a request head that llhttp
+    accepted, read from its lines as llhttp's header callbacks would give them (values
+    stripped; the last field of a name wins). None, for the callbacks to do it, when the
+    head holds anything but plain ``name:value`` lines with a decimal Content-Length, or
+    a Transfer-Encoding or Upgrade field (rare, and read with more care)."""
+    line_end = raw.find(b"\r\n")
+    if line_end < 0 or not raw.endswith(b"\r\n\r\n"):
+        return None
+    host = identifier = b""
+    host_count = 0
+    content_length: int | None = None
+    for line in raw[line_end + 2 : len(raw) - 2].split(b"\r\n")[:-1]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or _WHITESPACE_OR_LINE_END.search(name) or b"\n" in value:
+            return None
+        if b"\r" in value:
+            return None
+        name = name.lower()
+        if name == b"host":
+            host = value.strip()
+            host_count += 1
+        elif name == b"content-length":
+            value = value.strip()
+            if not value.isdigit() or len(value) > 18:
+                return None
+            content_length = int(value)
+        elif name == b"transfer-encoding" or name == b"upgrade":
+            return None
+        elif name == b"x-ktunnel-identifier":
+            identifier = value.strip()
+    return host, host_count, content_length, identifier
 
 
 def response_framing(raw: bytes) -> tuple[int, bytes, int | None, bool, bool]:

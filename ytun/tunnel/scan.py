@@ -24,6 +24,7 @@ if not NO_EXTENSIONS:
         COMPILED_MISSING = True
 
 plain_head_end = implementation.plain_head_end
+request_fields = implementation.request_fields
 response_framing = implementation.response_framing
 
 
@@ -45,5 +46,6 @@ __all__ = [
     "implementation",
     "implementation_name",
     "plain_head_end",
+    "request_fields",
     "response_framing",
 ]
