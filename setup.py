@@ -1,6 +1,8 @@
-"""Builds the one compiled module, ``ytun._frames``; all metadata lives in pyproject.toml.
+"""Builds the compiled modules, ``ytun._frames`` (the frame codec) and ``ytun._http`` (the
+data path's HTTP scanning); all metadata lives in pyproject.toml.
 
-``YTUN_NO_EXTENSIONS=1`` builds a pure-Python package that uses ``ytun/_frames_py.py``.
+``YTUN_NO_EXTENSIONS=1`` builds a pure-Python package that uses their twins,
+``ytun/_frames_py.py`` and ``ytun/_http_py.py``.
 Without a working C compiler the build falls back to the same pure-Python package, with a
 notice, instead of failing (as aiohttp and msgpack do). ``YTUN_CYTHON_ANNOTATE=1`` writes
 Cython's HTML annotation next to the source.
@@ -18,8 +20,8 @@ NO_EXTENSIONS = bool(os.environ.get("YTUN_NO_EXTENSIONS")) or (
 )
 
 NOTICE = (
-    "*** ytun: the compiled frame codec could not be built ({reason}); installing the "
-    "pure-Python codec, which works the same, only slower. ***"
+    "*** ytun: a compiled module could not be built ({reason}); installing the "
+    "pure-Python codec and HTTP scanning, which work the same, only slower. ***"
 )
 
 
@@ -50,9 +52,12 @@ if NO_EXTENSIONS:
 else:
     from Cython.Build import cythonize
 
-    print("*** ytun: building the compiled frame codec ***")
+    print("*** ytun: building the compiled frame codec and HTTP scanning ***")
     ext_modules = cythonize(
-        [Extension("ytun._frames", ["ytun/_frames.pyx"], extra_compile_args=["-O2"])],
+        [
+            Extension("ytun._frames", ["ytun/_frames.pyx"], extra_compile_args=["-O2"]),
+            Extension("ytun._http", ["ytun/_http.pyx"], extra_compile_args=["-O2"]),
+        ],
         compiler_directives={"language_level": "3"},
         annotate=bool(os.environ.get("YTUN_CYTHON_ANNOTATE")),
     )

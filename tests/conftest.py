@@ -14,6 +14,8 @@ from types import ModuleType
 import pytest
 from hypothesis import settings
 
+from ytun.tunnel import http1, split
+from ytun.tunnel import scan as http_scan
 from ytun.yamux import codec as frames
 
 try:
@@ -66,6 +68,17 @@ def pytest_configure(config: pytest.Config) -> None:
     # YTUN_FUZZ_EXAMPLES; the long profile raises it for all of them at once.
     if config.getoption("--hypothesis-profile", default=None) == "long":
         os.environ.setdefault("YTUN_FUZZ_EXAMPLES", str(LONG_EXAMPLES))
+
+
+@pytest.fixture(params=http_scan.available(), ids=http_scan.implementation_name)
+def http_scanner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """One HTTP-scanning implementation (compiled ``c`` or pure-Python ``py``), put in
+    place of the selected one for the splitters."""
+    module = request.param
+    monkeypatch.setattr(split, "plain_head_end", module.plain_head_end)
+    monkeypatch.setattr(split, "response_framing", module.response_framing)
+    monkeypatch.setattr(http1, "request_fields", module.request_fields)
+    return module
 
 
 @pytest.fixture(params=frames.available(), ids=frames.implementation_name)

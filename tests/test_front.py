@@ -19,7 +19,7 @@ from tunnel_helpers import Tunnel
 from ytun import Server
 from ytun.tunnel import split
 
-pytestmark = pytest.mark.usefixtures("no_tracebacks")
+pytestmark = pytest.mark.usefixtures("no_tracebacks", "http_scanner")
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""The build is what it claims: the compiled codec is loaded unless asked otherwise, and
-both implementations and the stub expose the same API."""
+"""The build is what it claims: the compiled codec and HTTP scanning are loaded unless
+asked otherwise, and both implementations and the stubs expose the same API."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import pathlib
 import pytest
 
 import ytun
-from ytun import _frames_py
+from ytun import _frames_py, _http_py
+from ytun.tunnel import scan
 from ytun.yamux import codec as frames
 
 STUB = pathlib.Path(ytun.__file__).with_name("_frames.pyi")
+HTTP_STUB = pathlib.Path(ytun.__file__).with_name("_http.pyi")
 
 
 def test_compiled_module_is_loaded_unless_disabled():
@@ -26,6 +28,17 @@ def test_compiled_module_is_loaded_unless_disabled():
     assert frames.implementation is compiled
     assert pathlib.Path(compiled.__file__).suffix in (".so", ".pyd")
     assert frames.FrameParser is compiled.FrameParser
+
+
+def test_compiled_http_scanning_is_loaded_unless_disabled():
+    if os.environ.get("YTUN_NO_EXTENSIONS"):
+        assert scan.implementation is _http_py
+        return
+    assert not scan.COMPILED_MISSING, "ytun was built without its compiled HTTP scanning"
+    compiled = importlib.import_module("ytun._http")
+    assert scan.implementation is compiled
+    assert pathlib.Path(compiled.__file__).suffix in (".so", ".pyd")
+    assert scan.response_framing is compiled.response_framing
 
 
 def _public(module) -> set[str]:
@@ -41,10 +54,12 @@ def test_twins_expose_the_same_names():
         methods_c = {m for m in dir(getattr(compiled, name)) if not m.startswith("_")}
         methods_py = {m for m in dir(getattr(_frames_py, name)) if not m.startswith("_")}
         assert methods_c == methods_py, name
+    assert _public(importlib.import_module("ytun._http")) == _public(_http_py)
 
 
-def test_stub_declares_every_public_name():
-    tree = ast.parse(STUB.read_text())
+@pytest.mark.parametrize(("stub", "twin"), [(STUB, _frames_py), (HTTP_STUB, _http_py)])
+def test_stub_declares_every_public_name(stub, twin):
+    tree = ast.parse(stub.read_text())
     declared = {
         node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))
     }
@@ -53,4 +68,4 @@ def test_stub_declares_every_public_name():
         for node in tree.body
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
     }
-    assert _public(_frames_py) <= declared
+    assert _public(twin) <= declared

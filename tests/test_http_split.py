@@ -2,7 +2,8 @@
 
 Properties: any split of the input gives the same messages as one feed; arbitrary bytes
 only ever raise ``HttpError``; and where llhttp (httptools) and the request splitter both
-accept a byte stream, they find the same message boundaries. The ``ytun-split`` hypothesis
+accept a byte stream, they find the same message boundaries. Every test runs on both
+HTTP-scanning implementations (``http_scanner``). The ``ytun-split`` hypothesis
 profile keeps CI runs small and reproducible; ``YTUN_FUZZ_EXAMPLES=5000`` digs deeper.
 """
 
@@ -37,9 +38,17 @@ settings.register_profile(
     derandomize=True,
     database=None,
     print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    # http_scanner only swaps two pure functions: nothing to reset between examples
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
 PROFILE = settings.get_profile("ytun-split")
+
+# Every test here runs on the compiled scanning module and on its pure-Python twin.
+pytestmark = pytest.mark.usefixtures("http_scanner")
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ LAYERS = [
         "ytun.errors",
         "ytun._frames",
         "ytun._frames_py",
+        "ytun._http",
+        "ytun._http_py",
     ),
     ("ytun.yamux",),
     ("ytun.registry",),
@@ -45,9 +47,10 @@ def module_name(path: pathlib.Path) -> str:
 
 def modules() -> dict[str, pathlib.Path]:
     found = {module_name(path): path for path in PACKAGE.rglob("*.py")}
-    pyx = PACKAGE / "_frames.pyx"
-    if pyx.exists():
-        found["ytun._frames"] = pyx
+    for name in ("_frames", "_http"):
+        pyx = PACKAGE / f"{name}.pyx"
+        if pyx.exists():
+            found[f"ytun.{name}"] = pyx
     return found
 
 

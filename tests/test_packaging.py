@@ -23,14 +23,17 @@ WITHOUT_COMPILED = """
 import importlib.abc, sys
 class NoCompiled(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name == "ytun._frames":
-            raise ModuleNotFoundError("No module named 'ytun._frames'", name=name)
+        if name in ("ytun._frames", "ytun._http"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
 sys.meta_path.insert(0, NoCompiled())
 import ytun
 from ytun.yamux import codec
-from ytun import _frames_py
+from ytun import _frames_py, _http_py
+from ytun.tunnel import scan
 assert codec.implementation is _frames_py and codec.COMPILED_MISSING
+assert scan.implementation is _http_py and scan.COMPILED_MISSING
+assert scan.response_framing(b"HTTP/1.1 204 No Content\\r\\n\\r\\n")[0] == 204
 assert codec.decode_header(codec.encode_header(0, 2, 5, 7)) == (0, 0, 2, 5, 7)
 print("twin in use")
 """
@@ -80,6 +83,7 @@ def test_a_build_without_a_working_compiler_installs_the_pure_codec(tmp_path) ->
     assert result.returncode == 0, result.stderr[-2000:]
     assert "installing the pure-Python codec" in result.stdout + result.stderr
     assert not list((tree / "ytun").glob("_frames*.so"))
+    assert not list((tree / "ytun").glob("_http*.so"))
 
 
 @pytest.mark.skipif(not SOURCE_TREE, reason="needs the source tree (pyproject.toml)")

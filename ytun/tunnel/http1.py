@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import httptools
 
+from .scan import request_fields
+
 #: The largest message head the server reads (requests and answers alike).
 MAX_HEAD_SIZE = 64 * 1024
 
@@ -59,14 +61,14 @@ class RequestHead:
         self.target = b""
 
 
-class _HeadCollector:
-    """httptools callbacks (only the ones needed, so httptools registers no others)."""
+class _TargetCollector:
+    """httptools callbacks for a head whose fields :func:`request_fields` reads (only the
+    ones needed, so httptools registers no others: no Python call per header)."""
 
-    __slots__ = ("head", "_connection_upgrade", "parser")
+    __slots__ = ("head", "parser")
 
     def __init__(self, head: RequestHead) -> None:
         self.head = head
-        self._connection_upgrade = False
         self.parser: httptools.HttpRequestParser | None = None
 
     def on_headers_complete(self) -> None:
@@ -76,6 +78,12 @@ class _HeadCollector:
 
     def on_url(self, url: bytes) -> None:
         self.head.target += url
+
+
+class _HeadCollector(_TargetCollector):
+    """The callbacks for any other head: every header through :meth:`on_header`."""
+
+    __slots__ = ()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
@@ -100,7 +108,8 @@ class _HeadCollector:
 def parse_request_head(data: bytes) -> RequestHead:
     """Parse one complete request head (up to and including the blank line)."""
     head = RequestHead()
-    collector = _HeadCollector(head)
+    fields = request_fields(data)
+    collector = _HeadCollector(head) if fields is None else _TargetCollector(head)
     parser = collector.parser = httptools.HttpRequestParser(collector)
     head.keep_alive = True
     try:
@@ -109,6 +118,8 @@ def parse_request_head(data: bytes) -> RequestHead:
         pass  # CONNECT and Upgrade requests: the head is all we feed anyway
     except (httptools.HttpParserError, ValueError) as exc:
         raise HttpError(400, "malformed request") from exc
+    if fields is not None:
+        head.host, head.host_count, head.content_length, head.identifier = fields
     head.method = parser.get_method()
     head.version = parser.get_http_version()
     head.upgrade = parser.should_upgrade() and head.method != b"CONNECT"

@@ -28,11 +28,11 @@ side takes as a line break and the other as header text is how requests get smug
 from __future__ import annotations
 
 import enum
-import re
 from collections import deque
 from typing import Final
 
 from .http1 import MAX_HEAD_SIZE, HttpError, RequestHead, parse_request_head
+from .scan import plain_head_end, response_framing
 
 MAX_LINE_SIZE: Final = 4096  # one chunk-size or trailer line
 _HEX_DIGITS: Final = frozenset(b"0123456789abcdefABCDEF")
@@ -376,12 +376,11 @@ class _Splitter:
         buffer = self._buffer
         if not buffer or buffer[0] == 13:  # empty, or empty lines first: the slow path
             return None
-        stop = buffer.find(b"\r\n\r\n") + 4
-        if stop < 4 or stop > self.max_head_size:
-            return None  # not whole (scan_head looks at it once, later), or too large
-        crlf = buffer.count(b"\r\n", 0, stop)
-        if buffer.count(b"\n", 0, stop) != crlf or buffer.count(b"\r", 0, stop) != crlf:
-            return None  # a bare LF or CR: next_event reports it
+        # Not whole (scan_head looks at it once, later), too large, or a bare LF or CR
+        # (next_event reports it): 0.
+        stop = plain_head_end(buffer, self.max_head_size)
+        if not stop:
+            return None
         raw = buffer if stop == len(buffer) else buffer[:stop]
         try:
             event = self._plain_head(raw, len(buffer) - stop)
@@ -771,67 +770,26 @@ class ResponseHead:
 
     __slots__ = ("status", "version", "content_length", "chunked", "close", "switched")
 
-    def __init__(self, status: int, version: bytes) -> None:
+    def __init__(
+        self,
+        status: int,
+        version: bytes,
+        content_length: int | None = None,
+        chunked: bool = False,
+        close: bool | None = None,
+    ) -> None:
         self.status = status
         self.version = version
-        self.content_length: int | None = None
-        self.chunked = False
-        self.close = version == b"1.0"
+        self.content_length = content_length
+        self.chunked = chunked
+        self.close = version == b"1.0" if close is None else close
         self.switched = False  # 101, or 2xx to CONNECT: the stream carries raw bytes now
-
-
-# A header block where every line is ``name:value``, the name without whitespace: a line
-# that is not (no colon, whitespace before the colon, a folded line) is where two readers
-# can disagree on a field, so it is refused rather than relayed (RFC 9112 §5.1).
-_FIELD_LINES = re.compile(rb"(?:[^\s:]+:[^\r\n]*\r\n)*")
-_FRAMING_FIELD = re.compile(rb"\r\n(content-length|transfer-encoding|connection):([^\r\n]*)")
 
 
 def parse_response_head(raw: bytes) -> ResponseHead:
     """Status and framing of a complete response head (CRLF line endings checked by the
     splitter). Malformed framing is an :class:`HttpError` 502."""
-    line_end = raw.find(b"\r\n")
-    status_line = raw[:line_end]
-    if (
-        len(status_line) < 12
-        or not status_line.startswith(b"HTTP/1.")
-        or status_line[7:8] not in (b"0", b"1")
-        or status_line[8:9] != b" "
-        or not status_line[9:12].isdigit()
-        or status_line[12:13] not in (b"", b" ")
-    ):
-        raise HttpError(502, "malformed response from the tunnel")
-    if _FIELD_LINES.fullmatch(raw, line_end + 2, len(raw) - 2) is None:
-        raise HttpError(502, "malformed response header from the tunnel")
-    head = ResponseHead(int(status_line[9:12]), status_line[5:8])
-    codings: list[bytes] | None = None
-    # Only the framing fields matter; they are found in one pass over the lowered head.
-    for name, value in _FRAMING_FIELD.findall(raw.lower(), line_end):
-        if name == b"content-length":
-            for item in value.split(b","):
-                item = item.strip()
-                if not item.isdigit() or len(item) > 18:
-                    raise HttpError(502, "malformed Content-Length from the tunnel")
-                length = int(item)
-                if head.content_length is not None and head.content_length != length:
-                    raise HttpError(502, "conflicting Content-Length from the tunnel")
-                head.content_length = length
-        elif name == b"transfer-encoding":
-            if codings is None:
-                codings = []
-            codings.extend(token.strip() for token in value.split(b","))
-        else:
-            tokens = {token.strip() for token in value.split(b",")}
-            if b"close" in tokens:
-                head.close = True
-            elif b"keep-alive" in tokens and head.version == b"1.0":
-                head.close = False
-    if codings is not None:
-        if head.content_length is not None:
-            # RFC 9112 §6.3: Transfer-Encoding wins, and the connection cannot be reused
-            head.content_length = None
-            head.close = True
-        if codings and codings[-1] == b"chunked":
-            head.chunked = True
-        # else: not chunked last, so the body runs to the connection's end
-    return head
+    try:
+        return ResponseHead(*response_framing(raw))
+    except ValueError as exc:
+        raise HttpError(502, str(exc)) from None
