@@ -70,12 +70,23 @@ function note(text) {
   $("message").textContent = text;
 }
 
+// Live events that arrive while a snapshot is being fetched are newer than it: each load
+// keeps them and applies them over the snapshot, so a slow fetch never hides them.
+const loading = new Set();
+
 async function load() {
-  const response = await fetch("/api/requests", { cache: "no-store" });
-  const data = await response.json();
-  rows.clear();
-  for (const s of data.requests) rows.set(s.id, s);
-  render();
+  const live = new Map();
+  loading.add(live);
+  try {
+    const response = await fetch("/api/requests", { cache: "no-store" });
+    const data = await response.json();
+    rows.clear();
+    for (const s of data.requests) rows.set(s.id, s);
+    for (const [id, s] of live) rows.set(id, s);
+    render();
+  } finally {
+    loading.delete(live);
+  }
 }
 
 function fillHeaders(table, headers) {
@@ -146,9 +157,11 @@ function connect() {
     if (data.event === "hello") {
       load(); // whatever happened while the feed was down
     } else if (data.event === "cleared") {
+      for (const live of loading) live.clear();
       rows.clear();
       render();
     } else if (data.exchange) {
+      for (const live of loading) live.set(data.exchange.id, data.exchange);
       rows.set(data.exchange.id, data.exchange);
       render();
       if (data.exchange.id === selected) show(selected);
