@@ -23,6 +23,7 @@ LAYERS = [
         "ytun._version",
         "ytun._alloc",
         "ytun._const",
+        "ytun._twins",
         "ytun.errors",
         "ytun._frames",
         "ytun._frames_py",

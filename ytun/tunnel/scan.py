@@ -7,37 +7,20 @@ the extension, which then sets ``COMPILED_MISSING``.
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
 from .. import _http_py
-from ..yamux.codec import NO_EXTENSIONS
+from .._twins import Twins
 
-COMPILED_MISSING = False
-implementation: ModuleType = _http_py
-if not NO_EXTENSIONS:
-    try:
-        implementation = importlib.import_module("ytun._http")
-    except ModuleNotFoundError as exc:
-        if exc.name != "ytun._http":
-            raise
-        COMPILED_MISSING = True
+_twins = Twins("ytun._http", _http_py)
+implementation: ModuleType = _twins.implementation
+COMPILED_MISSING = _twins.missing
+available = _twins.available
+implementation_name = _twins.name
 
 plain_head_end = implementation.plain_head_end
 request_fields = implementation.request_fields
 response_framing = implementation.response_framing
-
-
-def available() -> list[ModuleType]:
-    """Every implementation usable here, compiled first (for tests and benchmarks)."""
-    if implementation is _http_py:
-        return [_http_py]
-    return [implementation, _http_py]
-
-
-def implementation_name(module: ModuleType) -> str:
-    """``"py"`` for the pure-Python twin, ``"c"`` for the compiled module (test ids)."""
-    return "py" if module is _http_py else "c"
 
 
 __all__ = [

@@ -8,28 +8,16 @@ its extension is noticed rather than quietly running slower.
 
 from __future__ import annotations
 
-import importlib
-import os
-import platform
 from types import ModuleType
 
 from .. import _frames_py
+from .._twins import NO_EXTENSIONS, Twins
 
-NO_EXTENSIONS = bool(os.environ.get("YTUN_NO_EXTENSIONS")) or (
-    platform.python_implementation() != "CPython"
-)
-
-COMPILED_MISSING = False
-implementation: ModuleType = _frames_py
-if not NO_EXTENSIONS:
-    try:
-        # By full name: ``from .. import _frames`` would blame a "circular import" when the
-        # module is simply not there.
-        implementation = importlib.import_module("ytun._frames")
-    except ModuleNotFoundError as exc:
-        if exc.name != "ytun._frames":
-            raise
-        COMPILED_MISSING = True
+_twins = Twins("ytun._frames", _frames_py)
+implementation: ModuleType = _twins.implementation
+COMPILED_MISSING = _twins.missing
+available = _twins.available
+implementation_name = _twins.name
 
 DEFAULT_MAX_PAYLOAD = implementation.DEFAULT_MAX_PAYLOAD
 FlowWindow = implementation.FlowWindow
@@ -37,18 +25,6 @@ FrameParser = implementation.FrameParser
 decode_header = implementation.decode_header
 encode_frame = implementation.encode_frame
 encode_header = implementation.encode_header
-
-
-def available() -> list[ModuleType]:
-    """Every implementation usable here, compiled first (for tests and benchmarks)."""
-    if implementation is _frames_py:
-        return [_frames_py]
-    return [implementation, _frames_py]
-
-
-def implementation_name(module: ModuleType) -> str:
-    """``"py"`` for the pure-Python twin, ``"c"`` for the compiled module (test ids)."""
-    return "py" if module is _frames_py else "c"
 
 
 __all__ = [
