@@ -18,13 +18,14 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
 
 import uvloop
+
+from benchmarks.e2e.procs import free_port
 
 IDENTIFIER = "inspector-bench-identifier"
 WORKLOADS = {"small": 16, "bulk": 1024 * 1024}  # response body bytes
@@ -45,12 +46,6 @@ class Origin(asyncio.Protocol):
             head, self.buffer = self.buffer[:end], self.buffer[end + 4 :]
             path = head.split(b" ", 2)[1]
             self.transport.write(self.answers[path])  # type: ignore[attr-defined]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ytun(*args: str) -> subprocess.Popen[bytes]:

@@ -11,41 +11,15 @@ server's CPU time per request. Everything is on 127.0.0.1 and stops with the scr
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_ready(port: int, host: str, deadline: float) -> None:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": host})
-    while True:
-        try:
-            with urllib.request.urlopen(request, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the tunnel on port {port} did not become ready")
-        time.sleep(0.1)
+from benchmarks.e2e.loadgen import parse_wrk
+from benchmarks.e2e.procs import free_port
+from benchmarks.workers import cpu_seconds, wait_for_200
 
 
 def wrk(port: int, host: str, connections: int, duration: float) -> tuple[float, int]:
@@ -57,9 +31,8 @@ def wrk(port: int, host: str, connections: int, duration: float) -> tuple[float,
         timeout=duration + 30,
         check=True,
     ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    total = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
-    return rps, total
+    result = parse_wrk(output)
+    return result["rps"], result["requests"]
 
 
 def main() -> None:
@@ -98,7 +71,7 @@ def main() -> None:
             start(*client, "--log-level", "warning")
             tunnels[name] = (port, host, server_proc.pid)
         for port, host, _ in tunnels.values():
-            wait_ready(port, host, time.monotonic() + 30)
+            wait_for_200(port, host, timeout=30)
             wrk(port, host, args.connections, 1)  # warm up
         ratios, cpu = [], {name: [0.0, 0] for name in tunnels}
         for round_ in range(args.rounds):
