@@ -4,6 +4,7 @@ persistence, stopped (and restartable on the same port) by the test that started
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -72,6 +73,15 @@ class RedisServer:
         if process is not None and process.poll() is None:
             process.kill()  # no persistence: nothing to save, and it must go at once
             process.wait(timeout=10)
+
+    def pause(self) -> None:
+        """Freeze the server: its connections stay open and unanswered, like a hung Redis."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         self.stop()

@@ -1,6 +1,6 @@
 """RedisRegistry against a real redis-server: one salt for every node, reads from memory
 kept current by announcements, ordered writes that flush() waits for, add_host(replace=False)
-decided by Redis when two nodes race, and recovery when Redis goes away or loses its data."""
+decided by Redis when two nodes race, and recovery when Redis goes away, hangs or loses its data."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from redis_helpers import RedisServer, free_port, redis_server  # noqa: F401 - f
 
 from ytun import HostTakenError
 from ytun.errors import RegistryError
-from ytun.registry.redis import RedisRegistry
+from ytun.registry.redis import PING_ANSWER_WITHIN, QUIET_BEFORE_PING, RedisRegistry
 
 WAIT = 10.0
 
@@ -143,6 +143,27 @@ async def test_redis_down_reads_go_on_writes_wait_and_reach_redis_when_it_is_bac
         assert c.salt == a.salt
     finally:
         await c.aclose()
+
+
+async def test_a_hung_redis_is_noticed_by_its_silence_and_the_node_recovers(
+    redis_server: RedisServer,  # noqa: F811
+    nodes: list[RedisRegistry],
+) -> None:
+    a, b = nodes
+    a.add_host("kept.test", "secret")
+    await a.flush()
+    redis_server.pause()  # connections stay open: only the unanswered PING can tell
+    try:
+        hung = QUIET_BEFORE_PING + PING_ANSWER_WITHIN + 3
+        await eventually(lambda: a.problem() is not None and b.problem() is not None, hung)
+        assert "no answer to a PING" in (a.problem() or "")
+        assert b.lookup_host("kept.test") == b.key_for("secret")  # still served from memory
+    finally:
+        redis_server.resume()
+    await eventually(lambda: a.problem() is None and b.problem() is None, timeout=20)
+    a.add_host("after.test", "secret")
+    await a.flush()
+    await eventually(lambda: b.lookup_host("after.test") is not None)
 
 
 async def test_too_many_writes_while_redis_is_down_are_refused(

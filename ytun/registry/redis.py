@@ -21,7 +21,10 @@ memory is set back to the winner and its next ``flush()`` raises ``HostTakenErro
 
 When Redis goes away the node keeps answering from memory (its clients keep working),
 queues its writes (at most ``max_pending``; more raise ``RegistryError``) and reconnects
-with a backoff. On reconnection it subscribes again, sends what it queued and reloads every
+with a backoff. A Redis that stops answering without closing the connection (hung, or its
+machine gone from the network) is noticed too: after ``QUIET_BEFORE_PING`` seconds of silence
+the subscription sends a PING, and no answer within ``PING_ANSWER_WITHIN`` counts as lost.
+On reconnection it subscribes again, sends what it queued and reloads every
 route. A Redis that lost its data (restarted without persistence: the salt is gone) is
 filled again from the node's memory (SETNX semantics, so nodes doing it at once agree).
 :meth:`problem` says why the registry cannot be used, for readiness probes.
@@ -58,6 +61,10 @@ _Change = tuple[str, str, "str | None", bool]
 #: Seconds between reconnection attempts: from the first to the last.
 RETRY_FIRST = 0.2
 RETRY_MAX = 3.0
+#: Seconds of silence on the subscription before asking Redis whether it is still there,
+#: and for its answer: a hung Redis is noticed within their sum (plus a second).
+QUIET_BEFORE_PING = 2.0
+PING_ANSWER_WITHIN = 3.0
 
 # KEYS: hash, channel. ARGV: field, key ('' deletes), replace ('1'/'0'), announcement.
 # Returns the key that kept the field when replace is '0' and another key has it.
@@ -378,13 +385,11 @@ class RedisRegistry(MemoryRegistry):
                     pubsub = await self._sync()
                     logger.warning("registry %s is back; routes reloaded", _safe_url(self.url))
                     delay = RETRY_FIRST
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        handler = self._channels.get(_text(message.get("channel")))
-                        if handler is not None:
-                            handler(message.get("data") or b"")
+                await self._listen(pubsub)
             except (RedisError, OSError) as exc:
+                self._lost(exc)
+            except Exception as exc:  # a bug here must not end the sync for good
+                logger.exception("registry sync failed; reconnecting")
                 self._lost(exc)
             if pubsub is not None:
                 with contextlib.suppress(Exception):
@@ -392,6 +397,28 @@ class RedisRegistry(MemoryRegistry):
                 pubsub = None
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
+
+    async def _listen(self, pubsub: Any) -> None:
+        """Hand each announcement to its channel's handler until the connection fails;
+        raises ``ConnectionError`` if Redis stops answering."""
+        clock = asyncio.get_running_loop().time
+        heard = clock()
+        pinged: float | None = None
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            now = clock()
+            if message is not None:
+                heard, pinged = now, None
+                if message.get("type") == "message":
+                    handler = self._channels.get(_text(message.get("channel")))
+                    if handler is not None:
+                        handler(message.get("data") or b"")
+            elif pinged is not None:
+                if now - pinged > PING_ANSWER_WITHIN:
+                    raise ConnectionError(f"no answer to a PING in {PING_ANSWER_WITHIN:g} s")
+            elif now - heard > QUIET_BEFORE_PING:
+                await pubsub.ping()
+                pinged = now
 
     def _lost(self, exc: BaseException) -> None:
         if self._up.is_set():
