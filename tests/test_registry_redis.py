@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import redis.asyncio as aioredis
 from redis_helpers import RedisServer, free_port, redis_server  # noqa: F401 - fixture
 
 from ytun import HostTakenError
@@ -164,6 +165,28 @@ async def test_a_hung_redis_is_noticed_by_its_silence_and_the_node_recovers(
     a.add_host("after.test", "secret")
     await a.flush()
     await eventually(lambda: b.lookup_host("after.test") is not None)
+
+
+async def test_writes_refused_by_redis_make_the_node_not_ready_until_they_are_stored(
+    redis_server: RedisServer,  # noqa: F811
+    nodes: list[RedisRegistry],
+) -> None:
+    a, b = nodes
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await admin.config_set("maxmemory", "1")  # every write now fails with OOM
+        a.add_host("full.test", "secret")
+        with pytest.raises(RegistryError, match="not stored yet"):
+            await a.flush(timeout=1)
+        assert "Redis refuses writes: OutOfMemoryError" in (a.problem() or "")
+        assert b.problem() is None  # b wrote nothing: its subscription is fine
+        await admin.config_set("maxmemory", "0")
+        await a.flush(timeout=WAIT)  # the resync sent it, no restart of Redis needed
+        await eventually(lambda: a.problem() is None)
+        await eventually(lambda: b.lookup_host("full.test") is not None)
+    finally:
+        await admin.config_set("maxmemory", "0")
+        await admin.aclose()
 
 
 async def test_too_many_writes_while_redis_is_down_are_refused(

@@ -182,8 +182,12 @@ class RedisOwnership(Ownership):
         while True:
             await asyncio.sleep(self._refresh_every)
             if self._registry.connected and self.held:
-                with contextlib.suppress(RedisError, OSError):  # the registry reconnects
+                try:
                     await self._refresh_held()
+                except (RedisError, OSError):  # the registry reconnects
+                    pass
+                except Exception:  # a bug must not stop the refreshes: records would run out
+                    logger.exception("could not refresh the records of the clients held here")
 
     async def _refresh_held(self) -> None:
         keys = list(self.held)

@@ -48,10 +48,10 @@ from .memory import SALT_SIZE, MemoryRegistry
 
 try:
     import redis.asyncio as aioredis
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisError, ResponseError
 except ImportError:  # pragma: no cover - the optional extra is missing
     aioredis = None  # type: ignore[assignment]
-    RedisError = OSError  # type: ignore[assignment,misc]
+    RedisError = ResponseError = OSError  # type: ignore[assignment,misc]
 
 logger = logging.getLogger("ytun.registry")
 
@@ -289,6 +289,8 @@ class RedisRegistry(MemoryRegistry):
             except (RedisError, OSError) as exc:
                 self._lost(exc)
                 continue  # kept at the head: sent again once the connection is back
+            except Exception:  # a bug, not Redis: sending it again would fail again
+                logger.exception("registry: a route change could not be stored; dropped")
             if self._pending and self._pending[0] is change:
                 self._pending.popleft()
 
@@ -399,12 +401,13 @@ class RedisRegistry(MemoryRegistry):
             delay = min(delay * 2, RETRY_MAX)
 
     async def _listen(self, pubsub: Any) -> None:
-        """Hand each announcement to its channel's handler until the connection fails;
-        raises ``ConnectionError`` if Redis stops answering."""
+        """Hand each announcement to its channel's handler until the connection fails
+        (raises ``ConnectionError`` if Redis stops answering) or a write failed (returns:
+        only a resync brings the registry back)."""
         clock = asyncio.get_running_loop().time
         heard = clock()
         pinged: float | None = None
-        while True:
+        while self._up.is_set():
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             now = clock()
             if message is not None:
@@ -421,15 +424,17 @@ class RedisRegistry(MemoryRegistry):
                 pinged = now
 
     def _lost(self, exc: BaseException) -> None:
+        state = "refuses writes" if isinstance(exc, ResponseError) else "unreachable"
         if self._up.is_set():
             logger.warning(
-                "not ready: registry %s unreachable (%s); serving the clients held here "
+                "not ready: registry %s %s (%s); serving the clients held here "
                 "from memory, changes wait",
                 _safe_url(self.url),
+                state,
                 _reason(exc),
             )
         self._up.clear()
-        self._problem = f"Redis unreachable: {_reason(exc)}"
+        self._problem = f"Redis {state}: {_reason(exc)}"
 
     def _announced(self, data: bytes) -> None:
         """A change another node made (our own were applied when made)."""
