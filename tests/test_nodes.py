@@ -251,6 +251,25 @@ async def test_a_hop_with_a_wrong_secret_is_refused_and_served_nothing(
         await asyncio.wait_for(task, 10)
 
 
+async def test_a_hop_line_is_good_once_a_replay_is_refused(
+    nodes: list[RunningNode], origin: str
+) -> None:
+    a, _, _ = nodes
+    a.server.add_host("app.test", "secret-1")
+    client, task = await connect(a, "secret-1", origin)
+    try:
+        line = HopAuth(SECRET).line("http", a.registry.key_for("secret-1"), 0, "1.2.3.4", b"http")
+        first = await raw_request(a.hop_port, line + get(0, "app.test", "/?echo=once"))
+        assert first.startswith(b"HTTP/1.1 200") and first.endswith(b"once")
+        assert b"X-Seen-Forwarded-For: 1.2.3.4" in first
+        replayed = await raw_request(a.hop_port, line + get(0, "app.test", "/?echo=again"))
+        assert replayed == b""
+        assert a.node.hops is not None and (a.node.hops.accepted, a.node.hops.refused) == (1, 1)
+    finally:
+        await client.close(grace=1)
+        await asyncio.wait_for(task, 10)
+
+
 async def test_two_nodes_that_each_believe_the_other_holds_a_client_answer_502(
     nodes: list[RunningNode],
 ) -> None:

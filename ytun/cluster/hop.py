@@ -12,8 +12,11 @@ listener that accepted it (for the forwarding headers the holder adds); ``mac`` 
 HMAC-SHA256, under the cluster secret, of everything before it. The holder checks the MAC
 in constant time and that ``time`` is within :data:`MAX_SKEW` seconds, and answers
 nothing to a wrong one (it closes the connection and logs the address, never the line).
-The secret never crosses the wire. The line is not replay-proof within the skew window,
-and plain TCP shows the traffic to anyone on the path: on a network others can watch, give
+The secret never crosses the wire. Each line is good once: the holder remembers the
+nonces of the lines it took for as long as their time could still pass (twice the skew),
+so a line seen on the wire and sent again is refused like a forged one (up to
+:data:`MAX_REMEMBERED` nonces; past that the oldest are forgotten early, and the log says
+so). Plain TCP still shows the traffic to anyone on the path: on a network others can watch, give
 the hop TLS (``HopListener(ssl=…)`` serves it, ``HopDialer(ssl=…)`` dials it and checks
 the holder's certificate against the host of its advertised address).
 
@@ -32,6 +35,7 @@ import re
 import secrets
 import ssl as ssl_module
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,6 +59,11 @@ CONNECT_TIMEOUT = 3.0
 MAX_HOPS = 10_000
 #: The smallest cluster secret accepted, in bytes.
 MIN_SECRET = 16
+#: Seconds a taken line's nonce is remembered: its time is within MAX_SKEW of the holder's
+#: clock when it is taken, so it cannot pass the check again after twice that.
+REMEMBER_FOR = 2 * MAX_SKEW
+#: Nonces remembered at most (about 150 bytes each): 1,600 hops a second, sustained.
+MAX_REMEMBERED = 200_000
 
 _KEY = re.compile(rb"[0-9a-f]{64}")
 _PEER = re.compile(rb"[0-9A-Za-z.:%_-]{1,64}")
@@ -78,6 +87,9 @@ class HopAuth:
         if len(secret) < MIN_SECRET:
             raise ValueError(f"the cluster secret must be at least {MIN_SECRET} bytes")
         self._secret = secret
+        self._taken: set[bytes] = set()  # the nonces of the lines taken...
+        self._order: deque[tuple[float, bytes]] = deque()  # ...with when each may go, in order
+        self._warned_full = False
 
     def line(self, kind: ConnectionKind, key: str, port: int, peer: str, scheme: bytes) -> bytes:
         peer_bytes = peer.encode() if _PEER.fullmatch(peer.encode()) else b"-"
@@ -96,14 +108,15 @@ class HopAuth:
         return fields + b" " + self._mac(fields) + b"\r\n"
 
     def check(self, line: bytes) -> HopRequest | None:
-        """The request of a well-formed, signed, fresh line (without its CRLF), else None."""
+        """The request of a well-formed, signed, fresh line (without its CRLF) that was
+        not taken before, else None."""
         signed, _, mac = line.rpartition(b" ")
         if not hmac.compare_digest(self._mac(signed), mac):
             return None
         parts = signed.split(b" ")
         if len(parts) != 8 or parts[0] != MAGIC:
             return None
-        _, kind, key, port, peer, scheme, stamp, _nonce = parts
+        _, kind, key, port, peer, scheme, stamp, nonce = parts
         if (
             kind not in (b"http", b"tcp")
             or not _KEY.fullmatch(key)
@@ -118,9 +131,36 @@ class HopAuth:
             return None
         if abs(time.time() - int(stamp)) > MAX_SKEW:
             return None
+        if not self._take(nonce):
+            return None
         return HopRequest(
             "http" if kind == b"http" else "tcp", key.decode(), int(port), peer.decode(), scheme
         )
+
+    @property
+    def remembered(self) -> int:
+        """How many taken lines' nonces are kept to refuse their replays."""
+        return len(self._order)
+
+    def _take(self, nonce: bytes) -> bool:
+        """Remember ``nonce``; False if it was taken before (a replayed line)."""
+        now = time.monotonic()
+        order, taken = self._order, self._taken
+        while order and (order[0][0] <= now or len(order) >= MAX_REMEMBERED):
+            if order[0][0] > now and not self._warned_full:
+                self._warned_full = True
+                logger.warning(
+                    "more than %d cluster hops in %d s: the oldest are forgotten early, so "
+                    "their lines could be replayed until their time runs out",
+                    MAX_REMEMBERED,
+                    REMEMBER_FOR,
+                )
+            taken.discard(order.popleft()[1])
+        if nonce in taken:
+            return False
+        taken.add(nonce)
+        order.append((now + REMEMBER_FOR, nonce))
+        return True
 
     def _mac(self, data: bytes) -> bytes:
         return hmac.new(self._secret, data, hashlib.sha256).hexdigest().encode()
