@@ -365,6 +365,24 @@ async def test_tcp_routes_add_list_delete() -> None:
     assert listed_after.json == {"tcp": []}
 
 
+async def test_local_ip_routes_are_listed_and_deleted_by_their_address() -> None:
+    admin = await start_admin()
+    server = admin.server
+    await server.add_addr("127.0.0.1:0", "ident-v4", ip="127.0.0.5", listen=False)
+    await server.add_addr("127.0.0.1:0", "ident-v6", ip="0:0::1", listen=False)
+    listed = await admin("GET", "/tcp")
+    deleted_v4 = await admin("DELETE", "/tcp/127.0.0.5")
+    deleted_v6 = await admin("DELETE", "/tcp/[::1]")
+    again = await admin("DELETE", "/tcp/::1")
+    await admin.close()
+    assert sorted((r["route"], r["kind"]) for r in listed.json["tcp"]) == [
+        ("127.0.0.5", "tcp-ip"),
+        ("::1", "tcp-ip"),
+    ]
+    assert (deleted_v4.status, deleted_v6.status, again.status) == (204, 204, 404)
+    assert server.tcp_routes() == []
+
+
 async def test_a_port_in_use_elsewhere_is_409() -> None:
     admin = await start_admin()
     with socket.socket() as busy:
@@ -404,9 +422,10 @@ async def test_bad_tcp_bodies_are_400(body: dict, reason: str) -> None:
 
 async def test_delete_tcp_of_an_unknown_route_is_404() -> None:
     admin = await start_admin()
-    answers = [await admin("DELETE", f"/tcp/{name}") for name in ("2222", ":1", "x", "a:b")]
+    names = ("2222", ":1", "x", "a:b", "10.0.0.1", "[::2]")
+    answers = [await admin("DELETE", f"/tcp/{name}") for name in names]
     await admin.close()
-    assert [answer.status for answer in answers] == [404] * 4
+    assert [answer.status for answer in answers] == [404] * len(names)
 
 
 # -- through real tunnels ----------------------------------------------------------------

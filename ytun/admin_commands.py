@@ -134,8 +134,10 @@ def add_admin_commands(commands: Any) -> None:
         help="tunnel a port: PORT (on the server's --listen host) or HOST:PORT",
     )
     add.add_argument("address", metavar="PORT|HOST:PORT")
-    remove = actions.add_parser("rm", parents=[common], help="delete a TCP route")
-    remove.add_argument("address", metavar="PORT|HOST:PORT")
+    remove = actions.add_parser(
+        "rm", parents=[common], help="delete a TCP route: by its port, or a local-IP route by IP"
+    )
+    remove.add_argument("address", metavar="PORT|HOST:PORT|IP")
     actions.add_parser("ls", parents=[common], help="list the TCP routes")
 
     commands.add_parser(

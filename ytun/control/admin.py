@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hmac
+import ipaddress
 import logging
 import secrets
 import time
@@ -209,15 +210,22 @@ class AdminApi:
         return web.json_response(201, answer, {"Location": f"/tcp/{bound_port}"})
 
     async def delete_tcp(self, request: web.Request, addr: str) -> web.Response:
-        port = _route_port(addr)
-        if port is None or not self._tcp_routed(port):
+        """A port route (``2222``, ``:2222``, ``HOST:2222``) or a local-IP route (its
+        address, as ``GET /tcp`` lists it)."""
+        ip = _route_ip(addr)
+        if ip is not None:
+            port, routed = 0, self._ip_routed(ip)
+        else:
+            port = _route_port(addr) or 0
+            routed = bool(port) and self._tcp_routed(port)
+        if not routed:
             raise web.WebError(404, f"no such TCP route: {_short(addr)}")
         try:
-            self.server.delete_addr(port)
+            self.server.delete_addr(port, ip=ip)
         except RegistryError as exc:
             raise _not_stored(exc) from None
         await self._stored()
-        logger.info("admin API: deleted TCP route :%d", port)
+        logger.info("admin API: deleted TCP route %s", ip if ip is not None else f":{port}")
         return web.Response(204)
 
     async def list_tcp(self, request: web.Request) -> web.Response:
@@ -237,6 +245,9 @@ class AdminApi:
 
     def _tcp_routed(self, port: int) -> bool:
         return any(r.kind == "tcp" and r.name == f":{port}" for r in self.server.tcp_routes())
+
+    def _ip_routed(self, ip: str) -> bool:
+        return any(r.kind == "tcp-ip" and r.name == ip for r in self.server.tcp_routes())
 
     def _connected_labels(self) -> set[str]:
         return {client.label for client in self.server.clients}
@@ -278,6 +289,15 @@ def _route_port(addr: str) -> int | None:
     text = addr if not addr.isdigit() else f":{addr}"
     _, port = split_host_port(text)
     return port or None
+
+
+def _route_ip(addr: str) -> str | None:
+    """The address of a local-IP route as a path names it (``10.0.0.5``, ``::1``,
+    ``[::1]``), in the registry's form; None when ``addr`` is not an IP address."""
+    try:
+        return str(ipaddress.ip_address(addr.removeprefix("[").removesuffix("]")))
+    except ValueError:
+        return None
 
 
 def _not_stored(exc: RegistryError) -> web.WebError:
