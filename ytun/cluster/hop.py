@@ -55,6 +55,8 @@ LINE_TIMEOUT = 5.0
 MAX_SKEW = 60
 #: Seconds to connect to the holder.
 CONNECT_TIMEOUT = 3.0
+#: Seconds to wait for a holder's listener when asking whether the holder is gone.
+PROBE_TIMEOUT = 1.0
 #: Hops open at once from one node; more public connections are answered where they land.
 MAX_HOPS = 10_000
 #: The smallest cluster secret accepted, in bytes.
@@ -164,6 +166,23 @@ class HopAuth:
 
     def _mac(self, data: bytes) -> bytes:
         return hmac.new(self._secret, data, hashlib.sha256).hexdigest().encode()
+
+
+async def nobody_listens(address: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """True when the hop listener at ``address`` refuses connections: the node is gone.
+    False when it accepts one (closed again at once, before any line, which the listener
+    takes silently) or cannot be told within ``timeout`` (a slow or unreachable node)."""
+    host, port = split_host_port(address)
+    if not port:
+        return False
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except ConnectionRefusedError:
+        return True
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.transport.abort()
+    return False
 
 
 #: How the holder serves a checked hop: Server.adopt_hop.

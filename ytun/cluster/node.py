@@ -22,7 +22,7 @@ from ..errors import SessionClosedError
 from ..registry.redis import RedisRegistry
 from ..tunnel.peers import ConnectionKind
 from ..tunnel.server import Server
-from .hop import HopAuth, HopDialer, HopListener
+from .hop import HopAuth, HopDialer, HopListener, nobody_listens
 from .redis_ownership import REFRESH, TTL, RedisOwnership
 
 logger = logging.getLogger("ytun.cluster")
@@ -75,7 +75,9 @@ class Node:
     ) -> None:
         self.registry = registry
         self.auth = HopAuth(secret)
-        self.ownership = RedisOwnership(registry, advertise, ttl=ttl, refresh=refresh)
+        self.ownership = RedisOwnership(
+            registry, advertise, ttl=ttl, refresh=refresh, gone=nobody_listens
+        )
         self.dialer = HopDialer(self.auth, ssl=dial_ssl)
         self._listen_ssl = listen_ssl
         self.peers = NodePeers(self.ownership, self.dialer)

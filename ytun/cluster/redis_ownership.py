@@ -8,6 +8,12 @@ are ``SET NX``: one node at a time. Every claim, release and refresh is also ann
 "ttl": seconds}``), so :meth:`RedisOwnership.holder` answers from memory: an announced
 holding is believed until its TTL runs out without a refresh.
 
+A claim that finds another node's record asks whether that node is still there (the
+``gone`` probe: :func:`~ytun.cluster.hop.nobody_listens` on its hop address, given by
+:class:`~ytun.cluster.node.Node`). When nothing listens there any more (its process died:
+the port refuses connections) the record is replaced at once, compare-and-set, instead of
+after its TTL; a node that answers, or cannot be told from a slow one, keeps its record.
+
 While Redis is away, claims are refused (a client cannot be placed safely: it may be
 connected to another node), clients already held keep working, and when Redis is back the
 node reloads every holder and writes its own records again (Redis may have lost them).
@@ -21,7 +27,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..registry.redis import RedisError, RedisRegistry
@@ -63,6 +69,20 @@ return 1
 """
 
 
+# KEYS: one owner record; ARGV: the value found there, ours, TTL in ms. Takes the record
+# only if it still holds the value the probe was about.
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+#: Whether the node at a hop address is gone: True only when that is certain.
+GoneProbe = Callable[[str], Awaitable[bool]]
+
+
 class RedisOwnership(Ownership):
     """This node's claims in Redis and its memory of every node's (see the module doc).
 
@@ -79,6 +99,7 @@ class RedisOwnership(Ownership):
         ttl: float = TTL,
         refresh: float = REFRESH,
         on_lost: Callable[[str], None] | None = None,
+        gone: GoneProbe | None = None,
     ) -> None:
         self.node = registry.node
         self.address = address
@@ -90,11 +111,14 @@ class RedisOwnership(Ownership):
         self._ttl = ttl
         self._refresh_every = refresh
         self.on_lost = on_lost
+        self.gone = gone
+        self.taken_over = 0
         self.held: set[str] = set()
         # key -> (node, hop address, believed until: time.monotonic())
         self._holders: dict[str, tuple[str, str, float]] = {}
         self._refresh: Any = self._client.register_script(_REFRESH)
         self._release: Any = self._client.register_script(_RELEASE)
+        self._take_over: Any = self._client.register_script(_TAKE_OVER)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._keeper: asyncio.Task[None] | None = None
         registry.listen(self._channel, self._announced)
@@ -129,8 +153,10 @@ class RedisOwnership(Ownership):
                     await self._client.pexpire(record, self._ms)
                     granted = True
                 elif current:
-                    self._believe(key, current, self._ttl)
-                    return False
+                    granted = await self._take_from_gone_node(record, current)
+                    if not granted:
+                        self._believe(key, current, self._ttl)
+                        return False
                 else:  # it ran out between the two calls: try once more
                     granted = await self._client.set(record, self._value, nx=True, px=self._ms)
         except (RedisError, OSError) as exc:
@@ -142,6 +168,22 @@ class RedisOwnership(Ownership):
         self._holders.pop(key, None)
         self._announce(held=[key])
         return True
+
+    async def _take_from_gone_node(self, record: str, current: str) -> bool:
+        parsed = _parse(current)
+        if self.gone is None or parsed is None or parsed[0] == self.node:
+            return False
+        if not await self.gone(parsed[1]):
+            return False
+        taken = await self._take_over(keys=[record], args=[current, self._value, self._ms])
+        if taken:
+            self.taken_over += 1
+            logger.info(
+                "took a client over from node %s: nothing listens at its hop address %s",
+                parsed[0],
+                parsed[1],
+            )
+        return bool(taken)
 
     def release(self, key: str) -> None:
         if key not in self.held:
