@@ -16,9 +16,9 @@ The secret never crosses the wire. Each line is good once: the holder remembers 
 nonces of the lines it took for as long as their time could still pass (twice the skew),
 so a line seen on the wire and sent again is refused like a forged one (up to
 :data:`MAX_REMEMBERED` nonces; past that the oldest are forgotten early, and the log says
-so). Plain TCP still shows the traffic to anyone on the path: on a network others can watch, give
-the hop TLS (``HopListener(ssl=…)`` serves it, ``HopDialer(ssl=…)`` dials it and checks
-the holder's certificate against the host of its advertised address).
+so). Plain TCP still shows the traffic to anyone on the path: on a network others can
+watch, give the hop TLS (``HopListener(ssl=…)`` serves it, ``HopDialer(ssl=…)`` dials it
+and checks the holder's certificate against the host of its advertised address).
 
 The holder serves the connection as a public one that never moves on: a request for a
 client it does not hold is answered there (502), so a request crosses one hop at most and

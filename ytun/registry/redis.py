@@ -21,9 +21,10 @@ memory is set back to the winner and its next ``flush()`` raises ``HostTakenErro
 
 When Redis goes away the node keeps answering from memory (its clients keep working),
 queues its writes (at most ``max_pending``; more raise ``RegistryError``) and reconnects
-with a backoff. A Redis that stops answering without closing the connection (hung, or its
-machine gone from the network) is noticed too: after ``QUIET_BEFORE_PING`` seconds of silence
-the subscription sends a PING, and no answer within ``PING_ANSWER_WITHIN`` counts as lost.
+with a backoff. A Redis that stops answering without closing the connection (hung, or
+its machine gone from the network) is noticed too: after ``QUIET_BEFORE_PING`` seconds of
+silence the subscription sends a PING, and no answer within ``PING_ANSWER_WITHIN`` counts
+as lost. A write that Redis refuses (an error answer) makes the node resync the same way.
 On reconnection it subscribes again, sends what it queued and reloads every
 route. A Redis that lost its data (restarted without persistence: the salt is gone) is
 filled again from the node's memory (SETNX semantics, so nodes doing it at once agree).
