@@ -8,6 +8,7 @@ gives its clients up at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import socket
@@ -109,6 +110,17 @@ async def connect(node: RunningNode, identifier: str, origin: str) -> tuple[Clie
     return client, task
 
 
+@contextlib.asynccontextmanager
+async def connected(node: RunningNode, identifier: str, origin: str) -> AsyncIterator[Client]:
+    """A client connected to ``node`` for the block, closed after it."""
+    client, task = await connect(node, identifier, origin)
+    try:
+        yield client
+    finally:
+        await client.close(grace=1)
+        await asyncio.wait_for(task, 10)
+
+
 def get(port: int, host: str, path: str = "/", body: bytes = b"") -> bytes:
     method = b"POST" if body else b"GET"
     return (
@@ -131,8 +143,7 @@ async def test_requests_on_any_node_reach_the_client_held_by_one(
     a.server.add_host("app.test", "secret-1")
     await a.server.flush()
     await eventually(lambda: c.registry.lookup_host("app.test") is not None)
-    client, task = await connect(a, "secret-1", origin)
-    try:
+    async with connected(a, "secret-1", origin):
         key = a.registry.key_for("secret-1")
         await eventually(lambda: b.node.ownership.holder(key) == "a")
         await eventually(lambda: c.node.ownership.holder(key) == "a")
@@ -154,9 +165,6 @@ async def test_requests_on_any_node_reach_the_client_held_by_one(
         assert (a.node.dialer.sent, b.node.dialer.sent, c.node.dialer.sent) == (0, 2, 2)
         assert a.node.hops is not None
         assert a.node.hops.accepted == 4 and a.node.hops.refused == 0
-    finally:
-        await client.close(grace=1)
-        await asyncio.wait_for(task, 10)
 
 
 async def test_the_holder_sees_the_public_clients_address_not_the_forwarding_node(
@@ -165,8 +173,7 @@ async def test_the_holder_sees_the_public_clients_address_not_the_forwarding_nod
     a, b, _ = nodes
     a.server.add_host("app.test", "secret-1")
     await a.server.flush()
-    client, task = await connect(a, "secret-1", origin)
-    try:
+    async with connected(a, "secret-1", origin):
         key = a.registry.key_for("secret-1")
         await eventually(lambda: b.node.ownership.holder(key) == "a")
         request = get(b.port, "app.test").replace(
@@ -177,9 +184,6 @@ async def test_the_holder_sees_the_public_clients_address_not_the_forwarding_nod
         # The forged field was replaced by the public client's address (this test's).
         assert b"\r\nX-Seen-Forwarded-For: 127.0.0.1\r\n" in answer
         assert b"\r\nX-Seen-Forwarded-Host: app.test\r\n" in answer
-    finally:
-        await client.close(grace=1)
-        await asyncio.wait_for(task, 10)
 
 
 async def test_a_tcp_connection_on_another_node_crosses_the_hop(
@@ -226,8 +230,7 @@ async def test_a_hop_with_a_wrong_secret_is_refused_and_served_nothing(
 ) -> None:
     a, _, _ = nodes
     a.server.add_host("app.test", "secret-1")
-    client, task = await connect(a, "secret-1", origin)
-    try:
+    async with connected(a, "secret-1", origin):
         key = a.registry.key_for("secret-1")
         forged = HopAuth(b"w" * 32).line("http", key, 0, "1.2.3.4", b"http")
         garbage = [forged, b"YTUN-HOP/1 http " + key.encode() + b" 0 - http 0 0 00\r\n", b"x" * 600]
@@ -246,9 +249,6 @@ async def test_a_hop_with_a_wrong_secret_is_refused_and_served_nothing(
             assert a.node.hops.refused == 4 and stranger.node.dialer.failed == 1
         finally:
             await stranger.stop()
-    finally:
-        await client.close(grace=1)
-        await asyncio.wait_for(task, 10)
 
 
 async def test_a_hop_line_is_good_once_a_replay_is_refused(
@@ -256,8 +256,7 @@ async def test_a_hop_line_is_good_once_a_replay_is_refused(
 ) -> None:
     a, _, _ = nodes
     a.server.add_host("app.test", "secret-1")
-    client, task = await connect(a, "secret-1", origin)
-    try:
+    async with connected(a, "secret-1", origin):
         line = HopAuth(SECRET).line("http", a.registry.key_for("secret-1"), 0, "1.2.3.4", b"http")
         first = await raw_request(a.hop_port, line + get(0, "app.test", "/?echo=once"))
         assert first.startswith(b"HTTP/1.1 200") and first.endswith(b"once")
@@ -265,9 +264,6 @@ async def test_a_hop_line_is_good_once_a_replay_is_refused(
         replayed = await raw_request(a.hop_port, line + get(0, "app.test", "/?echo=again"))
         assert replayed == b""
         assert a.node.hops is not None and (a.node.hops.accepted, a.node.hops.refused) == (1, 1)
-    finally:
-        await client.close(grace=1)
-        await asyncio.wait_for(task, 10)
 
 
 async def test_two_nodes_that_each_believe_the_other_holds_a_client_answer_502(
