@@ -408,3 +408,22 @@ async def test_a_scrape_formats_in_a_thread_from_a_copy_taken_in_the_loop() -> N
     samples = parse(body.decode())
     assert value(samples, "ytun_requests_total", host="a.test", code="2xx") == 1  # the copy
     assert observer.hosts["a.test"].codes[2] == 2
+
+
+async def test_counters_of_another_layer_are_read_at_each_scrape() -> None:
+    server = Server()
+    await server.serve("127.0.0.1", 0)
+    router = web.Router()
+    observer = add_metrics_routes(router, server)
+    things = {"count": 3}
+    observer.add_counters(lambda: {"ytun_test_things": ("Things seen.", things["count"])})
+    listener = await web.serve(router, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    first = await http_get(port, "/metrics")
+    things["count"] = 5
+    second = await scrape(port)
+    listener.close()
+    await server.close(grace=0)
+    assert "# HELP ytun_test_things_total Things seen.\n" in first[2].decode()
+    assert value(parse(first[2].decode()), "ytun_test_things_total") == 3
+    assert value(second, "ytun_test_things_total") == 5

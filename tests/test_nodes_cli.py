@@ -9,10 +9,12 @@ the server with the reason."""
 from __future__ import annotations
 
 import pathlib
+import re
 import signal
 import socket
 import ssl
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -65,6 +67,12 @@ def nodes(ytun_cli, redis_server: RedisServer, tmp_path: pathlib.Path) -> Iterat
     yield Nodes(ytun_cli, redis_server, tmp_path)
 
 
+def get_metrics(port: int) -> str:
+    """The Prometheus text of the admin API on loopback (no token needed there)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        return answer.read().decode()
+
+
 def until_served(port: int, path: str, deadline: float = DEADLINE) -> bytes:
     """The body of the first 200 for ``path`` on the node at ``port``, asked until then."""
     end = time.monotonic() + deadline
@@ -97,7 +105,9 @@ def test_a_client_on_one_node_is_served_by_all_and_moves_when_its_node_dies(
     nodes: Nodes,
     origin: int,  # noqa: F811
 ) -> None:
-    a, b, c = nodes.start("a"), nodes.start("b"), nodes.start("c")
+    b_admin = free_port()
+    a, c = nodes.start("a"), nodes.start("c")
+    b = nodes.start("b", "--admin", f"127.0.0.1:{b_admin}")
     tunnel = client(ytun_cli, nodes, origin, "a", "b")
     tunnel.wait_for(tunnel.stderr, f"tunnel connected to 127.0.0.1:{nodes.ports['a']}")
     for name in ("a", "b", "c"):
@@ -111,6 +121,10 @@ def test_a_client_on_one_node_is_served_by_all_and_moves_when_its_node_dies(
     assert until_served(nodes.ports["c"], "/after") == b"origin says /after to app.test"
     assert until_served(nodes.ports["b"], "/at-b") == b"origin says /at-b to app.test"
     assert IDENTIFIER not in b.output() + c.output() + tunnel.output()
+    # b's metrics tell the hops it took and the takeover.
+    metrics = get_metrics(b_admin)
+    assert re.search(r"^ytun_cluster_hops_accepted_total [1-9]", metrics, re.M), metrics
+    assert re.search(r"^ytun_cluster_takeovers_total 1\.0$", metrics, re.M), metrics
     assert c.stop()[0] == 0 and b.stop()[0] == 0
 
 

@@ -927,7 +927,9 @@ async def start_server(config: ServerConfig, worker: Worker | None = None) -> Ru
         if config.admin is not None:
             api = admin_api(server, config)
             # /metrics behind the token, /healthz and /readyz open to probes
-            add_metrics_routes(api.router, server)
+            metrics = add_metrics_routes(api.router, server)
+            if node is not None:
+                metrics.add_counters(node.counters)
             running.admin = await _serve_admin(api, config.admin)
     except BaseException:
         if node is not None:

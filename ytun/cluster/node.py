@@ -102,6 +102,32 @@ class Node:
         self.ownership.start()
         server.add_readiness_check(self.problem)
 
+    def counters(self) -> dict[str, tuple[str, float]]:
+        """This node's hops and takeovers, for the metrics (``TunnelMetrics.add_counters``)."""
+        hops = self.hops
+        return {
+            "ytun_cluster_hops_sent": (
+                "Public connections carried to the node holding their client.",
+                self.dialer.sent,
+            ),
+            "ytun_cluster_hops_failed": (
+                "Public connections whose holder could not be reached (answered 502).",
+                self.dialer.failed,
+            ),
+            "ytun_cluster_hops_accepted": (
+                "Connections other nodes carried here.",
+                hops.accepted if hops is not None else 0,
+            ),
+            "ytun_cluster_hops_refused": (
+                "Hops refused here: a wrong secret, a malformed, stale or replayed first line.",
+                hops.refused if hops is not None else 0,
+            ),
+            "ytun_cluster_takeovers": (
+                "Clients taken over from a node whose hop port refused connections.",
+                self.ownership.taken_over,
+            ),
+        }
+
     def problem(self) -> str | None:
         if self._listener is None or not self._listener.is_serving():
             return "cluster listener not serving"

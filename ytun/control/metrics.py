@@ -12,6 +12,9 @@ A scrape copies the counts in the event loop and leaves building and formatting 
 ``prometheus_client`` is an optional extra (``pip install 'ytun[metrics]'``): without it
 the counting still runs and ``/metrics`` answers 501 with that command.
 
+Another layer can add counters of its own with :meth:`TunnelMetrics.add_counters` (a
+cluster node adds its hops and takeovers): a callable read at each scrape, in the loop.
+
 Labels are bounded: ``host`` is the registered host a request was routed by (``-`` for a
 Host no route matches, so made-up names, paths and identifiers never become labels), and
 after :data:`MAX_HOSTS` distinct hosts the next ones share ``host="other"``.
@@ -22,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +46,9 @@ UNKNOWN_HOST = "-"
 OTHER_HOSTS = "other"
 INSTALL_HINT = "metrics need prometheus_client: pip install 'ytun[metrics]'\n"
 _CODE_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+#: Counters another layer reports: metric name → (help, value), read at each scrape.
+CounterSource = Callable[[], Mapping[str, tuple[str, float]]]
 
 
 class HostStats:
@@ -80,6 +86,7 @@ class Snapshot:
 
     server: ServerStats
     hosts: dict[str, HostStats]
+    counters: dict[str, tuple[str, float]]
 
 
 class TunnelMetrics:
@@ -94,6 +101,12 @@ class TunnelMetrics:
         self._registry: CollectorRegistry | None = None
         self._snapshot: Snapshot | None = None  # what collect() reports
         self._scraping = asyncio.Lock()  # one scrape at a time: they share _snapshot
+        self._sources: list[CounterSource] = []
+
+    def add_counters(self, source: CounterSource) -> None:
+        """Report ``source()``'s counters with every scrape (names like
+        ``ytun_cluster_hops_sent``; ``_total`` is added in the text format)."""
+        self._sources.append(source)
 
     # -- the observer (the data path) ----------------------------------------------------
 
@@ -166,7 +179,8 @@ class TunnelMetrics:
         again from now on: routes may have changed since they were first seen."""
         self._by_header.clear()
         hosts = {host: stats.copy() for host, stats in self.hosts.items()}
-        return Snapshot(self.server.stats(), hosts)
+        counters = {name: pair for source in self._sources for name, pair in source().items()}
+        return Snapshot(self.server.stats(), hosts, counters)
 
     def collect(self) -> Iterator[Any]:
         """The metric families of the last snapshot (``prometheus_client``'s collector
@@ -240,6 +254,8 @@ class TunnelMetrics:
             sent.add_metric([host], host_stats.sent)
             received.add_metric([host], host_stats.received)
         yield from (requests, durations, sent, received)
+        for name, (help_text, value) in snapshot.counters.items():
+            yield CounterMetricFamily(name, help_text, value=value)
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text format and its content type, now. Raises ImportError
