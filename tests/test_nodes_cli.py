@@ -113,7 +113,7 @@ def test_a_client_on_one_node_is_served_by_all_and_moves_when_its_node_dies(
     for name in ("a", "b", "c"):
         body = until_served(nodes.ports[name], f"/{name}")
         assert body == f"origin says /{name} to app.test".encode()
-    a.process.kill()  # no goodbye: its records in Redis must run out by themselves
+    a.process.kill()  # no goodbye: its records stay in Redis, its hop port closes
     a.process.wait(timeout=10)
     tunnel.wait_for(tunnel.stderr, f"tunnel connected to 127.0.0.1:{nodes.ports['b']}", DEADLINE)
     # b found a's record still in Redis, and a's hop port refusing: it took over at once.
