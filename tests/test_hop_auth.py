@@ -1,14 +1,16 @@
 """HopAuth on its own: a signed line is taken once, a stale or forged one never, and the
-memory of taken lines is bounded in time and in size."""
+memory of taken lines is bounded in time and in size. And the hop listener's bound on
+connections still waiting for their first line."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 
 from ytun.cluster import hop
-from ytun.cluster.hop import HopAuth
+from ytun.cluster.hop import HopAuth, HopListener
 
 KEY = "ab" * 32
 
@@ -71,3 +73,31 @@ def test_past_its_bound_the_memory_forgets_the_oldest_and_says_so(
     ) == 1
     assert auth.check(lines[-1]) is None  # still remembered
     assert auth.check(lines[0]) is not None  # forgotten early: the documented cost
+
+
+async def test_connections_waiting_for_their_first_line_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hop, "MAX_WAITING", 2)
+    hops = HopListener(HopAuth(b"k" * 32), lambda *args, **kwargs: None)
+    server = await asyncio.get_running_loop().create_server(hops.protocol_factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        waiting = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed at once
+        writer.close()
+        assert (hops.waiting, hops.refused) == (2, 1)
+        for _, held in waiting:
+            held.close()
+        deadline = asyncio.get_running_loop().time() + 5
+        while hops.waiting and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert hops.waiting == 0  # gone before their line: room again
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"not a hop line\n")
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        assert (hops.waiting, hops.refused) == (0, 2)
+    finally:
+        server.close()

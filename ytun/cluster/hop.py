@@ -51,6 +51,9 @@ MAGIC = b"YTUN-HOP/1"
 MAX_LINE = 512
 #: Seconds a hop's first line may take to arrive.
 LINE_TIMEOUT = 5.0
+#: Connections to the cluster listener waiting for their first line at once; more are
+#: closed at once (they hold descriptors, and no public connection is counted for them yet).
+MAX_WAITING = 1024
 #: Seconds between the forwarding node's clock and the holder's, at most.
 MAX_SKEW = 60
 #: Seconds to connect to the holder.
@@ -197,6 +200,7 @@ class HopListener:
         self._adopt = adopt
         self.accepted = 0
         self.refused = 0
+        self.waiting = 0  # connections whose first line has not come yet
 
     def protocol_factory(self) -> asyncio.Protocol:
         return _HopIn(self)
@@ -224,13 +228,20 @@ class _HopIn(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        listener = self._listener
+        if listener.waiting >= MAX_WAITING:
+            why = f"{MAX_WAITING} hops wait for their first line already"
+            listener.refuse(transport, why)  # type: ignore[arg-type]
+            return
+        listener.waiting += 1
         self._transport = transport  # type: ignore[assignment]
         self._timer = asyncio.get_running_loop().call_later(LINE_TIMEOUT, self._too_slow)
 
     def _too_slow(self) -> None:
-        if self._transport is not None:
-            self._listener.refuse(self._transport, "no first line in time")
-            self._transport = None
+        transport = self._transport
+        if transport is not None:
+            self._stop()
+            self._listener.refuse(transport, "no first line in time")
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
@@ -266,9 +277,10 @@ class _HopIn(asyncio.Protocol):
 
     def _stop(self) -> None:
         self._transport = None
-        if self._timer is not None:
+        if self._timer is not None:  # set while waiting for the first line, and only then
             self._timer.cancel()
             self._timer = None
+            self._listener.waiting -= 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop()
