@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from redis_helpers import RedisServer, free_port, redis_server  # noqa: F401 - fixture
+from test_registry_redis import eventually
 
 from ytun.cluster import hop
 from ytun.cluster.hop import HopAuth, HopListener, nobody_listens
@@ -18,15 +19,6 @@ from ytun.cluster.redis_ownership import RedisOwnership
 from ytun.registry.redis import RedisRegistry
 
 KEY = "cd" * 32
-WAIT = 10.0
-
-
-async def eventually(check: Callable[[], bool], timeout: float = WAIT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_refused_port_is_gone_a_listening_one_is_not_and_the_probe_is_silent(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import hmac
-import ipaddress
 import logging
 import secrets
 import time
@@ -26,6 +25,7 @@ from ..errors import (
     RegistryError,
     UnsafeAdminListenerError,
 )
+from ..registry.memory import normalize_ip
 from ..registry.names import normalize_host
 from ..tunnel import Server
 from ..tunnel.addr import is_loopback, split_host_port
@@ -190,7 +190,7 @@ class AdminApi:
                 raise web.WebError(400, f"port must be 1 to 65535 (0: any free one), got {port}")
         else:
             host, port = _listen_address(fields["addr"])
-        if port and self._tcp_routed(port):
+        if port and self._routed("tcp", f":{port}"):
             raise web.WebError(409, f"port {port} is already tunnelled")
         identifier = secrets.token_urlsafe(32)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -214,10 +214,10 @@ class AdminApi:
         address, as ``GET /tcp`` lists it)."""
         ip = _route_ip(addr)
         if ip is not None:
-            port, routed = 0, self._ip_routed(ip)
+            port, routed = 0, self._routed("tcp-ip", ip)
         else:
             port = _route_port(addr) or 0
-            routed = bool(port) and self._tcp_routed(port)
+            routed = bool(port) and self._routed("tcp", f":{port}")
         if not routed:
             raise web.WebError(404, f"no such TCP route: {_short(addr)}")
         try:
@@ -243,11 +243,9 @@ class AdminApi:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _tcp_routed(self, port: int) -> bool:
-        return any(r.kind == "tcp" and r.name == f":{port}" for r in self.server.tcp_routes())
-
-    def _ip_routed(self, ip: str) -> bool:
-        return any(r.kind == "tcp-ip" and r.name == ip for r in self.server.tcp_routes())
+    def _routed(self, kind: str, name: str) -> bool:
+        """A TCP route of ``kind`` (``tcp``: ``:PORT``; ``tcp-ip``: the address) exists."""
+        return any(r.kind == kind and r.name == name for r in self.server.tcp_routes())
 
     def _connected_labels(self) -> set[str]:
         return {client.label for client in self.server.clients}
@@ -295,8 +293,8 @@ def _route_ip(addr: str) -> str | None:
     """The address of a local-IP route as a path names it (``10.0.0.5``, ``::1``,
     ``[::1]``), in the registry's form; None when ``addr`` is not an IP address."""
     try:
-        return str(ipaddress.ip_address(addr.removeprefix("[").removesuffix("]")))
-    except ValueError:
+        return normalize_ip(addr.removeprefix("[").removesuffix("]"))
+    except InvalidHostError:
         return None
 
 
